@@ -1,0 +1,186 @@
+"""Training, evaluation and checkpoints: a flat loop, a pure learning-rate function."""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from qbench.data import BatchSource
+from qbench.quant.base import Quantizer
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def lr_multiplier(step: int, steps_per_epoch: int, recipe: dict) -> float:
+    """Learning-rate multiplier of the base lr at global ``step`` (pure function of the recipe).
+
+    Schedules: ``cosine`` (to 0 over all steps), ``onecycle`` (linear rise from 1/25 over
+    ``warmup_fraction`` of the steps, then cosine to 0), ``step`` (× ``gamma`` at each epoch of
+    ``milestones``), ``exponential`` (× ``gamma`` per epoch), ``constant``; an optional linear
+    warm-up of ``warmup_epochs`` multiplies any of them.
+    """
+    total = recipe["epochs"] * steps_per_epoch
+    t = step / max(total, 1)
+    epoch = step // steps_per_epoch
+    kind = recipe["schedule"]
+    if kind == "cosine":
+        m = 0.5 * (1 + math.cos(math.pi * t))
+    elif kind == "onecycle":
+        w = recipe.get("warmup_fraction", 0.25)
+        m = 0.04 + 0.96 * t / w if t < w else 0.5 * (1 + math.cos(math.pi * (t - w) / (1 - w)))
+    elif kind == "step":
+        m = recipe.get("gamma", 0.1) ** sum(epoch >= e for e in recipe["milestones"])
+    elif kind == "exponential":
+        m = recipe["gamma"] ** epoch
+    elif kind == "constant":
+        m = 1.0
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; allowed: cosine, onecycle, step, exponential, constant")
+    warmup_steps = recipe.get("warmup_epochs", 0) * steps_per_epoch
+    if warmup_steps and step < warmup_steps:
+        m *= (step + 1) / warmup_steps
+    return m
+
+
+def quantizer_parameter_ids(model: nn.Module) -> set[int]:
+    return {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)}
+
+
+def build_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+    """SGD or AdamW over two parameter groups: the network's parameters (``weight_decay``) and
+    the quantizers' parameters — steps, offsets, clipping values — with their own
+    ``quantizer_lr_scale`` and ``quantizer_weight_decay``."""
+    qids = quantizer_parameter_ids(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in qids], "weight_decay": recipe["weight_decay"],
+         "lr_scale": 1.0},
+        {"params": [p for p in params if id(p) in qids],
+         "weight_decay": recipe.get("quantizer_weight_decay", 0.0),
+         "lr_scale": recipe.get("quantizer_lr_scale", 1.0)},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if recipe["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe.get("momentum", 0.9),
+                               nesterov=recipe.get("nesterov", False))
+    if recipe["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe["lr"])
+    raise ValueError(f"unknown optimizer {recipe['optimizer']!r}; allowed: sgd, adamw")
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: BatchSource, device: torch.device,
+             channels_last: bool = False, progress: bool = False, desc: str = "eval") -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over ``batches``."""
+    model.eval()
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    for x, y in tqdm(batches.batches(0), total=len(batches), desc=desc, disable=not progress, leave=False):
+        x, y = _to_device(x, device, channels_last), y.to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == y.unsqueeze(1)
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        n += len(y)
+    return {"top1": 100.0 * correct1.item() / n, "top5": 100.0 * correct5.item() / n,
+            "loss": loss_sum.item() / n}
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed process never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+
+
+@dataclass
+class TrainSettings:
+    device: torch.device
+    channels_last: bool = False
+    progress: bool = True
+    log_every: int = 50
+    max_steps_per_epoch: int | None = None
+
+
+def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
+          settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train") -> int:
+    """Train ``model`` for ``recipe['epochs']`` epochs, checkpointing to ``run_dir/checkpoint.pt``
+    after each epoch and resuming from it when present. Returns the epoch it resumed at
+    (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    optimizer = build_optimizer(model, recipe)
+    steps_per_epoch = len(train_batches)
+    if settings.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
+    start_epoch = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        random.setstate((state["rng_python"][0], tuple(state["rng_python"][1]), state["rng_python"][2]))
+        start_epoch = state["epoch"]
+    else:
+        torch.manual_seed(seed)
+        random.seed(seed)
+    for epoch in range(start_epoch, recipe["epochs"]):
+        model.train()
+        bar = tqdm(total=steps_per_epoch, desc=f"{tag} epoch {epoch + 1}/{recipe['epochs']}",
+                   disable=not settings.progress, leave=False)
+        loss_sum = torch.zeros((), device=settings.device)
+        for i, (x, y) in enumerate(train_batches.batches(epoch)):
+            if i >= steps_per_epoch:
+                break
+            step = epoch * steps_per_epoch + i
+            m = lr_multiplier(step, steps_per_epoch, recipe)
+            for g in optimizer.param_groups:
+                g["lr"] = recipe["lr"] * m * g["lr_scale"]
+            x, y = _to_device(x, settings.device, settings.channels_last), y.to(settings.device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            bar.update()
+            if (i + 1) % settings.log_every == 0 or i + 1 == steps_per_epoch:
+                mean_loss = loss_sum.item() / (i + 1)
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    raise Diverged(f"loss became {mean_loss} in epoch {epoch + 1}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{recipe['lr'] * m:.2e}")
+                if writer is not None:
+                    writer.add_scalar(f"{tag}/loss", mean_loss, step)
+                    writer.add_scalar(f"{tag}/lr", recipe["lr"] * m, step)
+        bar.close()
+        rng_py = random.getstate()
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "rng_torch": torch.get_rng_state(),
+                     "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]]}, ckpt_path)
+    return start_epoch

@@ -1,0 +1,71 @@
+"""Initialise every quantizer of a model: weights from themselves, inputs from calibration data."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from qbench.quant.base import Quantizer
+from qbench.quant.layers import QUANT_LAYERS
+from qbench.quant.observer import Observation
+
+
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QUANT_LAYERS)}
+
+
+def input_quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    return {name: m.input_quantizer for name, m in quantized_layers(model).items()
+            if isinstance(m.input_quantizer, Quantizer)}
+
+
+def weight_quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    return {name: m.weight_quantizer for name, m in quantized_layers(model).items()
+            if isinstance(m.weight_quantizer, Quantizer)}
+
+
+def set_quantization_enabled(model: nn.Module, enabled: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, Quantizer):
+            m.enabled = enabled
+
+
+@torch.no_grad()
+def observe_inputs(model: nn.Module, batches: Iterable[torch.Tensor],
+                   max_samples: int = 1 << 20) -> dict[str, Observation]:
+    """Run ``batches`` through the float network (every quantizer off) and return, per
+    quantized layer with an input quantizer, the statistics of that layer's input."""
+    quantizers = input_quantizers(model)
+    observations = {name: Observation(max_samples=max_samples) for name in quantizers}
+    was_training = model.training
+    model.eval()
+    set_quantization_enabled(model, False)
+    try:
+        for name, q in quantizers.items():
+            q.observer = observations[name]
+        for x in batches:
+            model(x)
+    finally:
+        for q in quantizers.values():
+            q.observer = None
+        set_quantization_enabled(model, True)
+        model.train(was_training)
+    return observations
+
+
+def initialize_quantizers(model: nn.Module, batches: Iterable[torch.Tensor],
+                          max_samples: int = 1 << 20) -> dict[str, dict[str, float]]:
+    """Initialise weight quantizers from their layer's weights and input quantizers from the
+    float network's inputs over ``batches``. Returns the initial values per quantizer name,
+    for logging."""
+    layers = quantized_layers(model)
+    for name, q in weight_quantizers(model).items():
+        q.initialize(Observation.of(layers[name].weight))
+    for name, obs in observe_inputs(model, batches, max_samples).items():
+        input_quantizers(model)[name].initialize(obs)
+    initial: dict[str, dict[str, float]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Quantizer):
+            initial[name] = {p: t.item() for p, t in m.named_parameters() if t.numel() == 1}
+    return initial

@@ -1,0 +1,79 @@
+"""Which layers get which precision, and the swap of float layers for quantized ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from qbench.quant.base import Quantizer
+from qbench.quant.layers import QuantConv2d, QuantLinear
+
+QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    """Bits of one layer's weights and input; ``None`` keeps that tensor in float.
+
+    ``input_signed`` is ``True`` for the network's own input (a normalised image is signed) and
+    ``None`` elsewhere, where the method decides.
+    """
+
+    weight_bits: int | None
+    input_bits: int | None
+    input_signed: bool | None = None
+
+
+@dataclass(frozen=True)
+class EdgeLayerPolicy:
+    """Precision of the first or the last layer (LSQ keeps both at 8 bits)."""
+
+    quantize: bool = True
+    weight_bits: int | None = 8
+    input_bits: int | None = 8
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if type(m) in QUANTIZABLE]
+
+
+def plan_precision(model: nn.Module, wbits: int, abits: int, first_layer: str, last_layer: str,
+                   first: EdgeLayerPolicy, last: EdgeLayerPolicy,
+                   skip: tuple[str, ...] = ()) -> dict[str, LayerPrecision]:
+    """The precision of every conv/linear layer: ``wbits``/``abits`` except the edge layers and
+    ``skip`` (left in float). Raises if a named layer does not exist."""
+    names = quantizable_layers(model)
+    for name in (first_layer, last_layer, *skip):
+        if name not in names:
+            raise ValueError(f"layer {name!r} is not a conv/linear layer of this model")
+    plan: dict[str, LayerPrecision] = {}
+    for name in names:
+        if name in skip:
+            continue
+        edge = first if name == first_layer else last if name == last_layer else None
+        if edge is None:
+            plan[name] = LayerPrecision(wbits, abits)
+        elif edge.quantize:
+            plan[name] = LayerPrecision(edge.weight_bits, edge.input_bits,
+                                        True if name == first_layer else None)
+    return plan
+
+
+WeightQuantizerFactory = Callable[[int], Quantizer]
+InputQuantizerFactory = Callable[[int, "bool | None"], Quantizer]
+
+
+def quantize_model(model: nn.Module, plan: dict[str, LayerPrecision],
+                   make_weight_quantizer: WeightQuantizerFactory,
+                   make_input_quantizer: InputQuantizerFactory) -> nn.Module:
+    """Swap each planned layer for its quantized form, in place; returns ``model``."""
+    for name, precision in plan.items():
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        layer = getattr(parent, child_name)
+        wq = make_weight_quantizer(precision.weight_bits) if precision.weight_bits else None
+        aq = (make_input_quantizer(precision.input_bits, precision.input_signed)
+              if precision.input_bits else None)
+        setattr(parent, child_name, QUANTIZABLE[type(layer)](layer, wq, aq))
+    return model

@@ -1,0 +1,1 @@
+"""Records and tables. Reads records only; never imports the trainer."""
