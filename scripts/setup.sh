@@ -18,9 +18,15 @@ source "$venv/bin/activate"
 want="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing qbench and its dependencies (torch 2.14.1 / torchvision 0.29.1 are pinned)"
-    # pip warns about each configured local index folder that is absent; keep the rest.
-    python -m pip install --quiet -e "$repo_root[test]" 2>&1 | grep -v "is ignored: it is neither" || true
-    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "[setup] pip install failed" >&2; exit 1; }
+    # pip warns about each configured local index folder that is absent: show the rest.
+    log="$(mktemp)"
+    if ! python -m pip install --quiet -e "$repo_root[test]" >"$log" 2>&1; then
+        grep -v "is ignored: it is neither" "$log" >&2 || true
+        echo "[setup] pip install failed" >&2
+        exit 1
+    fi
+    grep -v "is ignored: it is neither" "$log" || true
+    rm -f "$log"
     echo "$want" > "$stamp"
 fi
 
