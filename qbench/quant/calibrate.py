@@ -32,14 +32,20 @@ def set_quantization_enabled(model: nn.Module, enabled: bool) -> None:
 
 
 @torch.no_grad()
-def observe_inputs(model: nn.Module, batches: Iterable[torch.Tensor],
-                   max_samples: int = 1 << 20) -> dict[str, Observation]:
+def observe_inputs(model: nn.Module, batches: Iterable[torch.Tensor], max_samples: int = 1 << 20,
+                   train_mode: bool = False) -> dict[str, Observation]:
     """Run ``batches`` through the float network (every quantizer off) and return, per
-    quantized layer with an input quantizer, the statistics of that layer's input."""
+    quantized layer with an input quantizer, the statistics of that layer's input.
+
+    ``train_mode`` runs batch norm on batch statistics, as the first training batch of a
+    quantization-aware run sees it; running statistics and every other buffer are restored
+    afterwards, so observing changes nothing in the model."""
     quantizers = input_quantizers(model)
     observations = {name: Observation(max_samples=max_samples) for name in quantizers}
     was_training = model.training
-    model.eval()
+    saved_buffers = {k: v.clone() for k, v in model.state_dict().items()
+                     if isinstance(v, torch.Tensor) and k not in dict(model.named_parameters())}
+    model.train(train_mode)
     set_quantization_enabled(model, False)
     try:
         for name, q in quantizers.items():
@@ -51,18 +57,19 @@ def observe_inputs(model: nn.Module, batches: Iterable[torch.Tensor],
             q.observer = None
         set_quantization_enabled(model, True)
         model.train(was_training)
+        model.load_state_dict(saved_buffers, strict=False)
     return observations
 
 
-def initialize_quantizers(model: nn.Module, batches: Iterable[torch.Tensor],
-                          max_samples: int = 1 << 20) -> dict[str, dict[str, float]]:
+def initialize_quantizers(model: nn.Module, batches: Iterable[torch.Tensor], max_samples: int = 1 << 20,
+                          train_mode: bool = False) -> dict[str, dict[str, float]]:
     """Initialise weight quantizers from their layer's weights and input quantizers from the
-    float network's inputs over ``batches``. Returns the initial values per quantizer name,
-    for logging."""
+    float network's inputs over ``batches`` (see :func:`observe_inputs`). Returns the initial
+    values per quantizer name, for logging."""
     layers = quantized_layers(model)
     for name, q in weight_quantizers(model).items():
         q.initialize(Observation.of(layers[name].weight))
-    for name, obs in observe_inputs(model, batches, max_samples).items():
+    for name, obs in observe_inputs(model, batches, max_samples, train_mode).items():
         input_quantizers(model)[name].initialize(obs)
     initial: dict[str, dict[str, float]] = {}
     for name, m in model.named_modules():

@@ -65,16 +65,53 @@ def integer_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+def minmax_step_offset(lo: float, hi: float, qmin: int, qmax: int, with_offset: bool) -> tuple[float, float]:
+    """Min-max initialisation (LSQ+ section 3.3): with an offset the grid spans [lo, hi]
+    exactly, s = (hi − lo)/(p − n), β = lo − n·s; without one, s is the smallest step whose grid
+    covers both ends, s = max(hi/p, lo/n)."""
+    if with_offset:
+        step = (hi - lo) / (qmax - qmin)
+        return max(step, STEP_MIN), lo - qmin * max(step, STEP_MIN)
+    candidates = [hi / qmax] + ([lo / qmin] if qmin < 0 else [])
+    return max(max(candidates), STEP_MIN), 0.0
+
+
+def mse_step_offset(samples: torch.Tensor, step: float, offset: float, qmin: int, qmax: int,
+                    learn_offset: bool, steps: int, lr: float) -> tuple[float, float]:
+    """LSQ+ initialisation (section 3.3): (s, β) = argmin ‖x̂ − x‖², by Adam through the same
+    straight-through gradients as training, starting from (``step``, ``offset``). The learning
+    rate is relative to the starting step, so the fit does not depend on the data's scale."""
+    x = samples.detach().double()
+    s = torch.tensor(step, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(offset, dtype=torch.float64, requires_grad=learn_offset)
+    opt = torch.optim.Adam([s, b] if learn_offset else [s], lr=lr * step)
+    best = (float("inf"), step, offset)
+    for _ in range(steps + 1):
+        s_pos = s + (s.clamp_min(STEP_MIN) - s).detach()
+        err = (LearnedStepFakeQuant.apply(x, s_pos, b if learn_offset else None, qmin, qmax, 1.0) - x).square().mean()
+        if err.item() < best[0]:
+            best = (err.item(), max(s.item(), STEP_MIN), b.item())
+        opt.zero_grad()
+        err.backward()
+        opt.step()
+    return best[1], best[2]
+
+
 class LearnedStepQuantizer(Quantizer):
-    """Per-tensor learned-step quantizer (LSQ; with ``asymmetric`` the learned offset of LSQ+).
+    """Per-tensor learned-step quantizer: LSQ, and with an offset β the LSQ+ quantizer.
 
     Args:
         bits: bit-width b.
         signed: integer grid signed or unsigned; ``None`` decides at initialisation from the
             observed minimum (signed if any value is negative).
-        asymmetric: learn an offset β (LSQ+); otherwise β = 0 (LSQ).
-        init: ``lsq`` — s = 2·mean|v|/√p (LSQ section 2.1); further schemes belong to LSQ+.
-        grad_scale: apply g = 1/√(N·p) to ∂L/∂s (and ∂L/∂β).
+        offset: ``none`` — β = 0 (LSQ, symmetric); ``learned`` — β a parameter trained with
+            the LSQ+ gradient (asymmetric); ``xmin`` — β fixed to the running minimum of the
+            inputs (calibration, then every training batch), no gradient (LSQ+ Table 6).
+        init: ``lsq`` — s = 2·mean|v|/√p, β = 0 (LSQ section 2.1); ``minmax`` — the grid spans
+            [min, max]; ``sigma3`` — s = max(|μ − 3σ|, |μ + 3σ|)/2^(b−1) (LSQ+ weights), μ, σ of
+            |v| or of v (``sigma_of_abs``); ``mse`` — minimise ‖x̂ − x‖² from the min-max start
+            (LSQ+ activations), ``mse_steps`` Adam steps at relative rate ``mse_lr``.
+        grad_scale: apply g = 1/√(N·p) to ∂L/∂s and ∂L/∂β.
         per_example_numel: N counts the elements of one example (batch dimension excluded)
             instead of the whole tensor. Public LSQ code uses the whole tensor (the default);
             the paper's "number of features" can be read either way.
@@ -83,21 +120,31 @@ class LearnedStepQuantizer(Quantizer):
     still reaches s when it is clamped, so a step pushed below the floor can recover.
     """
 
-    def __init__(self, bits: int, signed: bool | None, asymmetric: bool = False,
-                 init: str = "lsq", grad_scale: bool = True,
-                 per_example_numel: bool = False) -> None:
+    INITS = ("lsq", "minmax", "sigma3", "mse")
+    OFFSETS = ("none", "learned", "xmin")
+
+    def __init__(self, bits: int, signed: bool | None, offset: str = "none", init: str = "lsq",
+                 grad_scale: bool = True, per_example_numel: bool = False, sigma_of_abs: bool = True,
+                 mse_steps: int = 200, mse_lr: float = 0.01) -> None:
         super().__init__(bits)
         if init not in self.INITS:
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(self.INITS)}")
+        if offset not in self.OFFSETS:
+            raise ValueError(f"unknown offset {offset!r}; allowed: {', '.join(self.OFFSETS)}")
         self.signed = signed
-        self.asymmetric = asymmetric
+        self.offset_mode = offset
         self.init = init
         self.use_grad_scale = grad_scale
         self.per_example_numel = per_example_numel
+        self.sigma_of_abs = sigma_of_abs
+        self.mse_steps, self.mse_lr = mse_steps, mse_lr
         self.step = nn.Parameter(torch.tensor(1.0))
-        self.offset = nn.Parameter(torch.tensor(0.0)) if asymmetric else None
-
-    INITS = ("lsq",)
+        if offset == "learned":
+            self.offset = nn.Parameter(torch.tensor(0.0))
+        elif offset == "xmin":
+            self.register_buffer("offset", torch.tensor(0.0))
+        else:
+            self.offset = None
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -105,13 +152,34 @@ class LearnedStepQuantizer(Quantizer):
             raise RuntimeError("quantizer signedness is decided at initialisation; initialise it first")
         return integer_range(self.bits, self.signed)
 
+    def initial_values(self, obs: Observation) -> tuple[float, float]:
+        """(s₀, β₀) for this quantizer's ``init`` and offset mode from the observed values."""
+        qmin, qmax = self.qrange
+        has_offset = self.offset_mode != "none"
+        if self.init == "lsq":
+            step, offset = 2.0 * obs.mean_abs / math.sqrt(qmax), 0.0
+        elif self.init == "sigma3":
+            v = obs.sample_tensor().double()
+            v = v.abs() if self.sigma_of_abs else v
+            mu, sigma = v.mean().item(), v.std().item()
+            step, offset = max(abs(mu - 3 * sigma), abs(mu + 3 * sigma)) / 2 ** (self.bits - 1), 0.0
+        else:
+            step, offset = minmax_step_offset(obs.min, obs.max, qmin, qmax, has_offset)
+            if self.init == "mse":
+                step, offset = mse_step_offset(obs.sample_tensor(), step, offset, qmin, qmax,
+                                               self.offset_mode == "learned", self.mse_steps, self.mse_lr)
+        if self.offset_mode == "xmin":
+            offset = obs.min
+        return max(step, STEP_MIN), offset
+
     def initialize(self, obs: Observation) -> None:
         if self.signed is None:
             self.signed = obs.min < 0
-        _, qmax = self.qrange
-        step = max(2.0 * obs.mean_abs / math.sqrt(qmax), STEP_MIN)
+        step, offset = self.initial_values(obs)
         with torch.no_grad():
             self.step.fill_(step)
+            if self.offset is not None:
+                self.offset.fill_(offset)
             self.initialized.fill_(True)
 
     def grad_scale(self, v: torch.Tensor) -> float:
@@ -122,6 +190,9 @@ class LearnedStepQuantizer(Quantizer):
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange
+        if self.offset_mode == "xmin" and self.training:
+            with torch.no_grad():
+                torch.minimum(self.offset, v.min(), out=self.offset)
         step = self.step + (self.step.clamp_min(STEP_MIN) - self.step).detach()
         return LearnedStepFakeQuant.apply(v, step, self.offset, qmin, qmax, self.grad_scale(v))
 
@@ -132,4 +203,4 @@ class LearnedStepQuantizer(Quantizer):
         self.signed = state["signed"]
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, signed={self.signed}, asymmetric={self.asymmetric}, init={self.init}"
+        return f"bits={self.bits}, signed={self.signed}, offset={self.offset_mode}, init={self.init}"

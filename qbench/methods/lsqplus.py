@@ -1,0 +1,101 @@
+"""LSQ+: Improving low-bit quantization through learnable offsets and better initialization
+(Bhalgat, Lee, Nagel, Blankevoort, Kwak; CVPR-W 2020, arXiv 2004.09576).
+
+Weights: signed, symmetric learned-step quantizers, as LSQ. Activations (the input of every
+quantized conv/linear, where Swish networks feed negative values): x̂ = s·⌊clamp((x−β)/s, n, p)⌉ + β
+(eq. 3-4) with the gradients of eq. 5-6 and LSQ's gradient scale on s and β. One quantizer class
+serves LSQ and LSQ+: :class:`qbench.quant.lsq.LearnedStepQuantizer`.
+
+``config`` presets the activation grid (section 4, Tables 2-4) and the explicit fields win
+over it:
+
+    1: unsigned + symmetric (= LSQ)    2: signed + symmetric
+    3: signed + asymmetric             4: unsigned + asymmetric
+
+``init`` (Table 5) sets both quantizers' initialisation: ``minmax``; ``lsq`` (s = 2⟨|v|⟩/√p);
+``lsqplus`` — weights s = max(|μ−3σ|, |μ+3σ|)/2^(b−1), activations (s, β) minimising ‖x̂ − x‖²
+by gradient steps over the calibration batches. ``offset`` (Table 6): ``learned``, ``xmin``
+(β fixed to the running minimum) or ``zero``; left null it is learned for the asymmetric
+configurations and zero for the symmetric ones.
+
+Choices the paper leaves open (fields of ``conf/method/lsqplus.yaml``): μ, σ of |w| (as our
+source words it) or of w (``weight_sigma_of_abs``); the MSE fit's number of Adam steps and
+relative learning rate (``mse_steps``, ``mse_lr``) and calibration batches (``init_batches``).
+The network's own input, the normalised image, is quantized signed and symmetric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from qbench.methods.lsq import LSQ
+from qbench.methods.registry import register_method
+from qbench.quant.calibrate import initialize_quantizers
+from qbench.quant.lsq import LearnedStepQuantizer
+
+CONFIGS = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True)}
+INITS = {"minmax": ("minmax", "minmax"), "lsq": ("lsq", "lsq"), "lsqplus": ("sigma3", "mse")}
+OFFSETS = ("learned", "xmin", "zero")
+
+
+@register_method("lsqplus")
+class LSQPlus(LSQ):
+    trains = True
+
+    @dataclass
+    class Config:
+        config: int = 4
+        act_signed: bool | None = None
+        act_asymmetric: bool | None = None
+        init: str = "lsqplus"
+        offset: str | None = None
+        grad_scale: bool = True
+        per_example_numel: bool = False
+        weight_sigma_of_abs: bool = True
+        mse_steps: int = 200
+        mse_lr: float = 0.01
+        init_batches: int | None = None
+        calib_max_samples: int = 1 << 20
+        calib_train_mode: bool = True
+
+        def __post_init__(self) -> None:
+            if self.config not in CONFIGS:
+                raise ValueError(f"method.config={self.config!r} is not allowed; use 1, 2, 3 or 4")
+            preset_signed, preset_asym = CONFIGS[self.config]
+            self.act_signed = preset_signed if self.act_signed is None else self.act_signed
+            self.act_asymmetric = preset_asym if self.act_asymmetric is None else self.act_asymmetric
+            if self.init not in INITS:
+                raise ValueError(f"method.init={self.init!r} is not allowed; use {', '.join(INITS)}")
+            if self.offset is None:
+                self.offset = "learned" if self.act_asymmetric else "zero"
+            if self.offset not in OFFSETS:
+                raise ValueError(f"method.offset={self.offset!r} is not allowed; use {', '.join(OFFSETS)}")
+            if self.offset != "zero" and not self.act_asymmetric:
+                raise ValueError(f"method.offset={self.offset} needs an asymmetric activation grid "
+                                 "(config 3 or 4, or act_asymmetric=true)")
+
+    def make_weight_quantizer(self, bits: int) -> LearnedStepQuantizer:
+        c = self.config
+        return LearnedStepQuantizer(bits, signed=True, init=INITS[c.init][0], grad_scale=c.grad_scale,
+                                    sigma_of_abs=c.weight_sigma_of_abs)
+
+    def make_input_quantizer(self, bits: int, signed: bool | None) -> LearnedStepQuantizer:
+        c = self.config
+        if signed is True:  # the network's input image
+            return LearnedStepQuantizer(bits, signed=True, init=INITS[c.init][1], grad_scale=c.grad_scale,
+                                        per_example_numel=c.per_example_numel,
+                                        mse_steps=c.mse_steps, mse_lr=c.mse_lr)
+        offset = "none" if c.offset == "zero" else c.offset
+        return LearnedStepQuantizer(bits, signed=c.act_signed, offset=offset, init=INITS[c.init][1],
+                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
+                                    mse_steps=c.mse_steps, mse_lr=c.mse_lr)
+
+    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
+        batches = list(batches)
+        if self.config.init_batches is not None:
+            batches = batches[:self.config.init_batches]
+        return initialize_quantizers(model, batches, self.config.calib_max_samples,
+                                     self.config.calib_train_mode)

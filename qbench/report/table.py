@@ -1,0 +1,159 @@
+"""Render a table spec (``conf/table/<name>.yaml``) from run records, in the paper's layout.
+
+A spec names the records it covers (``select``: dotted config keys → values), its columns
+(``columns``: label → the keys that define the column, e.g. ``{wbits: 2, abits: 2}``) and its
+rows (label, ``select`` for our runs — absent for rows that only quote the paper —, and the
+paper's numbers per column). Every cell shows our top-1 — the mean ± spread over seeds where
+several exist — with its Δ to our FP, beside the paper's number with its Δ to the paper's FP.
+A cell without a record shows ``—``, never 0.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from qbench.report.records import flatten
+
+MISSING = "—"
+IGNORED_FOR_GROUPING = ("seed",)
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+    fp: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+
+
+def load_spec(name: str, table_dir: Path) -> dict:
+    path = table_dir / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in table_dir.glob("*.yaml"))
+        raise ValueError(f"unknown table {name!r}; allowed: {', '.join(names)}")
+    return yaml.safe_load(path.read_text())
+
+
+def _matches(flat_config: dict, select: dict) -> bool:
+    return all(flat_config.get(k) == v for k, v in select.items())
+
+
+def _spread(values: list[float], kind: str) -> float:
+    if len(values) < 2:
+        return 0.0
+    if kind == "halfrange":
+        return (max(values) - min(values)) / 2
+    return statistics.stdev(values)
+
+
+def _identity_without_seed(record: dict) -> tuple:
+    flat = flatten(record["config"])
+    drop = ("runtime.", "paths.", "force", "bits", "hydra.")
+    return tuple(sorted((k, str(v)) for k, v in flat.items()
+                        if k not in IGNORED_FOR_GROUPING and not k.startswith(drop)))
+
+
+def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
+    """Records per (row label, column label). Raises if one cell mixes runs that differ in
+    anything but the seed (the spec's ``select`` is then too loose)."""
+    cells: dict[tuple[str, str], Cell] = {}
+    chosen: dict[tuple[str, str], list[dict]] = {}
+    flat = [(r, flatten(r["config"])) for r in records]
+    for row in spec["rows"]:
+        if row.get("select") is None:
+            continue
+        for col, col_select in spec["columns"].items():
+            want = {**spec.get("select", {}), **row["select"], **col_select}
+            chosen[(row["label"], col)] = [r for r, f in flat if _matches(f, want)]
+    for key, runs in chosen.items():
+        groups = {_identity_without_seed(r) for r in runs}
+        if len(groups) > 1:
+            a, b = sorted(groups)[:2]
+            differing = sorted({k for k, _ in set(a) ^ set(b)})
+            raise ValueError(f"cell {key[1]} of row {key[0]!r} matches runs that differ in "
+                             f"{', '.join(differing[:3])}; add the wanted value to the table's select")
+        cell = Cell()
+        for r in runs:
+            cell.statuses.append(r["status"])
+            if r["status"] == "ok":
+                cell.values.append(r["metrics"]["top1"])
+                cell.fp.append(r["fp"]["top1"])
+        cells[key] = cell
+    return cells
+
+
+def _fmt(value: float | None, delta: float | None = None, spread: float | None = None) -> str:
+    if value is None:
+        return MISSING
+    text = f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
+    return text if delta is None else f"{text} ({delta:+.2f})"
+
+
+def _edge_caption(records: list[dict]) -> str:
+    parts = set()
+    for r in records:
+        q = r["config"].get("quant", {})
+        for edge in ("first_layer", "last_layer"):
+            e = q.get(edge)
+            if e is None:
+                continue
+            if not e["quantize"]:
+                parts.add(f"{edge.replace('_', ' ')}: float")
+            else:
+                w = f"W{e['weight_bits']}" if e["weight_bits"] else "W float"
+                a = f"A{e['input_bits']}" if e["input_bits"] else "input float"
+                parts.add(f"{edge.replace('_', ' ')}: {w}/{a}")
+    return "; ".join(sorted(parts)) if parts else "no quantized runs yet"
+
+
+def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
+    """Markdown text and a long-format frame (one line per row × column) of the table."""
+    cells = collect(spec, records)
+    spread_kind = spec.get("spread", "std")
+    used = [r for r in records if _matches(flatten(r["config"]), spec.get("select", {}))]
+    fps = sorted({round(r["fp"]["top1"], 2) for r in used if r.get("fp")})
+    paper_fp = spec.get("paper_fp")
+    columns = list(spec["columns"])
+    header = ["Method"] + [f"{c} ours (Δ FP)" for c in columns] + [f"{c} paper (Δ FP)" for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows_out = []
+    for row in spec["rows"]:
+        ours, theirs = [], []
+        for col in columns:
+            cell = cells.get((row["label"], col))
+            mean = spread = delta = None
+            n = 0
+            if cell is not None and cell.values:
+                n = len(cell.values)
+                mean = statistics.fmean(cell.values)
+                spread = _spread(cell.values, spread_kind) if n > 1 else None
+                delta = mean - statistics.fmean(cell.fp)
+            text = _fmt(mean, delta, spread)
+            if cell is not None and not cell.values and "diverged" in cell.statuses:
+                text = "diverged"
+            ours.append(text)
+            paper = (row.get("paper") or {}).get(col)
+            paper_delta = paper - paper_fp if paper is not None and paper_fp is not None else None
+            theirs.append(_fmt(paper, paper_delta))
+            rows_out.append({"row": row["label"], "column": col, "ours_top1": mean, "ours_spread": spread,
+                             "seeds": n, "ours_delta_fp": delta, "paper_top1": paper,
+                             "paper_delta_fp": paper_delta})
+        label = row["label"] + (" (paper only)" if row.get("select") is None else "")
+        lines.append("| " + " | ".join([label] + ours + theirs) + " |")
+    fp_text = ", ".join(f"{v:.2f}" for v in fps) if fps else MISSING
+    caption = [
+        f"**{spec['title']}**",
+        "",
+        f"Top-1 accuracy (%) on {spec.get('dataset_label', 'our data')}; our FP top-1: {fp_text}; "
+        f"paper's FP top-1: {paper_fp if paper_fp is not None else MISSING} ({spec.get('paper', '')}).",
+        f"Precision of edge layers in our runs: {_edge_caption(used)}. "
+        f"{spec.get('paper_edge_layers', '')}".rstrip(),
+        f"Mean ± {'half range' if spread_kind == 'halfrange' else 'standard deviation'} over seeds "
+        "where several exist; Δ FP is each number minus its own FP baseline; — marks a cell not run.",
+        "",
+    ]
+    footer = ["", f"Made by: `{spec['command']}` then `qbench-table {spec['name']}`."] if spec.get("command") else []
+    return "\n".join(caption + lines + footer) + "\n", pd.DataFrame(rows_out)

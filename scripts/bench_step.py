@@ -1,0 +1,75 @@
+"""Time one training step of a quantized network against the float one, in one process.
+
+    python scripts/bench_step.py                         # ResNet18, LSQ W4A4, batch 128, 28 px
+    python scripts/bench_step.py --model mobilenet_v2 --bits 2 --no-channels-last
+
+Both models see the same batch; after warm-up, FP and quantized steps alternate so that machine
+noise hits both alike; the medians and their ratio are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from qbench.methods import create_method
+from qbench.models import create_model, model_spec
+from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+
+
+def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    start = time.perf_counter()
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--method", default="lsq")
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--chans", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-channels-last", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    x = torch.randn(args.batch, args.chans, args.size, args.size).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (args.batch,))
+    fp = create_model(args.model, 10, args.chans)
+    quant = copy.deepcopy(fp)
+    spec = model_spec(args.model)
+    plan = plan_precision(quant, args.bits, args.bits, spec.first_layer, spec.last_layer,
+                          EdgeLayerPolicy(), EdgeLayerPolicy())
+    method = create_method({"name": args.method})
+    quant = method.prepare(quant, plan)
+    method.calibrate(quant, [x[:32]])
+    models = {"fp": fp.to(memory_format=fmt).train(), args.method: quant.to(memory_format=fmt).train()}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(args.warmup + args.repeats):
+        for k, m in models.items():
+            t = step_time(m, opts[k], x, y)
+            if i >= args.warmup:
+                times[k].append(t)
+    fp_ms = statistics.median(times["fp"]) * 1e3
+    q_ms = statistics.median(times[args.method]) * 1e3
+    print(f"{args.model}, batch {args.batch}, {args.chans}x{args.size}x{args.size}, "
+          f"{'contiguous' if args.no_channels_last else 'channels_last'}, {torch.get_num_threads()} threads")
+    print(f"FP training step:               {fp_ms:8.1f} ms (median of {args.repeats})")
+    print(f"{args.method} W{args.bits}A{args.bits} training step:  {q_ms:8.1f} ms")
+    print(f"ratio {args.method} / FP: {q_ms / fp_ms:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Tests compose the real configs with Hydra and shrink them to a tiny slice of the data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from qbench.cli import CONF_DIR
+
+torch.set_num_threads(2)
+
+TINY = [
+    "dataset.train_limit=256", "dataset.val_limit=128",
+    "recipe.batch_size=32", "recipe.eval_batch_size=64",
+    "recipe.fp.epochs=1", "recipe.qat.epochs=1", "recipe.max_steps_per_epoch=2",
+    "calib.num_images=32", "runtime.progress=false", "runtime.device=cpu",
+]
+
+
+def compose_config(overrides: list[str], tmp_path: Path, tiny: bool = True) -> dict:
+    paths = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.records_dir={tmp_path / 'records'}",
+             f"paths.tables_dir={tmp_path / 'tables'}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=(TINY if tiny else []) + paths + overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(*overrides: str, tiny: bool = True) -> dict:
+        return compose_config(list(overrides), tmp_path, tiny)
+    return make

@@ -1,0 +1,94 @@
+"""End to end on a tiny slice: every model × method, records, skip, baseline reuse, CLI errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qbench.methods import METHODS
+from qbench.models import MODELS
+from qbench.run import qat_recipe, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_model_and_method_end_to_end(make_config, model, method):
+    cfg = make_config(f"model={model}", f"method={method}", "bits=3")
+    record = run(cfg)
+    assert record["status"] == "ok"
+    assert 0.0 <= record["metrics"]["top1"] <= 100.0
+    assert record["metrics"]["top5"] >= record["metrics"]["top1"]
+    assert len(record["fp"]["weights_sha256"]) == 64
+    saved = json.loads((Path(cfg["paths"]["records_dir"]) / f"{record['run_id']}.json").read_text())
+    assert saved["metrics"] == record["metrics"]
+    for key in ("versions", "git", "seed", "wall_time_s", "config", "host", "device"):
+        assert key in saved
+    assert saved["versions"]["torch"].startswith("2.14.1")
+    if METHODS[method].quantizes:
+        precision = saved["layer_precision"]
+        assert precision[MODELS[model].first_layer] == [8, 8]
+        assert precision[MODELS[model].last_layer] == [8, 8]
+        assert sorted({tuple(v) for v in precision.values()}) == [(3, 3), (8, 8)]
+
+
+def test_a_finished_run_is_skipped_and_the_baseline_reused(make_config, capsys):
+    cfg = make_config()
+    first = run(cfg)
+    baselines = list((Path(cfg["paths"]["runs_dir"]) / "baselines").iterdir())
+    assert len(baselines) == 1
+    stamp = (baselines[0] / "baseline.json").stat().st_mtime_ns
+    assert run(cfg)["created"] == first["created"]
+    assert "already done" in capsys.readouterr().out
+    other_bits = run(make_config("bits=2"))
+    assert other_bits["run_id"] != first["run_id"]
+    assert other_bits["fp"] == first["fp"]
+    assert (baselines[0] / "baseline.json").stat().st_mtime_ns == stamp
+    forced = run(make_config("force=true"))
+    assert forced["created"] >= first["created"] and forced["run_id"] == first["run_id"]
+
+
+def test_run_identity_ignores_paths_and_runtime_but_not_results(make_config, tmp_path):
+    from qbench.identity import run_id
+
+    base = make_config()
+    assert run_id(base, True) == run_id(make_config("runtime.progress=true", "runtime.threads=1"), True)
+    assert run_id(base, True) != run_id(make_config("quant.first_layer.weight_bits=4"), True)
+    assert run_id(make_config("method=fp", "bits=2"), False) == run_id(make_config("method=fp", "bits=4"), False)
+
+
+def test_weight_decay_follows_weight_bits(make_config):
+    assert qat_recipe(make_config("bits=2"))["weight_decay"] == 2.5e-5
+    assert qat_recipe(make_config("bits=3"))["weight_decay"] == 5.0e-5
+    assert qat_recipe(make_config("bits=4"))["weight_decay"] == 1.0e-4
+
+
+def qbench(*args, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "qbench", *args, f"paths.runs_dir={tmp_path}/runs",
+                           f"paths.records_dir={tmp_path}/records"], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model=vgg16"], "model=vgg16 is unknown; allowed: efficientnet_b0, mixnet_s, mobilenet_v2, resnet18"),
+    (["method=magic"], "method=magic is unknown; allowed:"),
+    (["bits=9"], "wbits=9 is not allowed; use an integer from 2 to 8"),
+    (["bits=1"], "wbits=1 is not allowed"),
+    (["abits=four"], "abits='four' is not allowed"),
+    (["recipe.batch_size=0"], "recipe.batch_size=0 is not allowed; use an integer ≥ 1"),
+    (["recipe.qat.epochs=-1"], "recipe.qat.epochs=-1 is not allowed; use an integer ≥ 0"),
+    (["dataset=imagenet"], "dataset.root must be set"),
+    (["model.weights=/nonexistent.pt"], "model.weights=/nonexistent.pt is not a file"),
+    (["+method.colour=red"], "method.colour is not an option of method lsq"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    result = qbench(*args, tmp_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qbench: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())

@@ -1,0 +1,75 @@
+"""Table rendering from records: layout, missing cells, seeds, Δ to FP, ambiguous cells."""
+import pytest
+
+from qbench.report.cli import CONF_TABLES, main
+from qbench.report.records import load_records, records_frame, write_record
+from qbench.report.table import load_spec, render
+
+SPEC = {
+    "name": "demo", "title": "Demo", "paper": "Someone 2020", "paper_fp": 70.0,
+    "select": {"model.name": "resnet18"},
+    "columns": {"W2A2": {"wbits": 2, "abits": 2}, "W4A4": {"wbits": 4, "abits": 4}},
+    "rows": [
+        {"label": "LSQ", "select": {"method.name": "lsq"}, "paper": {"W2A2": 67.0, "W4A4": 71.0}},
+        {"label": "PACT", "paper": {"W2A2": 64.0}},
+    ],
+}
+
+
+def record(bits, top1, seed=0, status="ok", method="lsq", fp=90.0, extra=None):
+    config = {"model": {"name": "resnet18"}, "method": {"name": method}, "wbits": bits, "abits": bits,
+              "seed": seed, "quant": {"first_layer": {"quantize": True, "weight_bits": 8, "input_bits": 8},
+                                      "last_layer": {"quantize": True, "weight_bits": 8, "input_bits": None}},
+              **(extra or {})}
+    return {"status": status, "config": config, "metrics": {"top1": top1} if status == "ok" else None,
+            "fp": {"top1": fp}}
+
+
+def test_cells_means_and_deltas():
+    records = [record(4, 89.0, seed=0), record(4, 88.0, seed=1), record(2, 0, status="diverged")]
+    text, frame = render(SPEC, records)
+    assert "| LSQ | diverged | 88.50 ± 0.71 (-1.50) | 67.00 (-3.00) | 71.00 (+1.00) |" in text
+    assert "| PACT (paper only) | — | — | 64.00 (-6.00) | — |" in text
+    assert "our FP top-1: 90.00" in text and "first layer: W8/A8" in text and "last layer: W8/input float" in text
+    w4 = frame[(frame.row == "LSQ") & (frame.column == "W4A4")].iloc[0]
+    assert w4.seeds == 2 and w4.ours_top1 == pytest.approx(88.5) and w4.paper_delta_fp == pytest.approx(1.0)
+
+
+def test_missing_cells_show_a_dash_never_zero():
+    text, frame = render(SPEC, [])
+    assert "| LSQ | — | — |" in text
+    assert frame.ours_top1.isna().all()
+
+
+def test_halfrange_spread():
+    spec = {**SPEC, "spread": "halfrange"}
+    text, _ = render(spec, [record(4, 89.0, seed=0), record(4, 85.0, seed=1)])
+    assert "87.00 ± 2.00" in text
+
+
+def test_a_cell_mixing_different_runs_is_an_error():
+    records = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 88.0, extra={"recipe": {"name": "b"}})]
+    with pytest.raises(ValueError, match="differ in recipe.name"):
+        render(SPEC, records)
+
+
+def test_cli_writes_markdown_and_csv_and_skips_a_corrupt_record(tmp_path, capsys):
+    write_record(record(4, 89.0), tmp_path / "rec" / "a.json")
+    (tmp_path / "rec" / "broken.json").write_text("{not json")
+    records, warnings = load_records(tmp_path / "rec")
+    assert len(records) == 1 and "broken.json" in warnings[0]
+    assert main(["lsq_resnet18", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "lsq_resnet18.md").read_text().startswith("**LSQ")
+    assert (tmp_path / "out" / "lsq_resnet18.csv").exists()
+    assert main(["--all", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert len(records_frame(records)) == 1
+    assert main(["no_such_table", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert "unknown table 'no_such_table'; allowed: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF_TABLES.glob("*.yaml")))
+def test_every_table_spec_renders_empty(name):
+    spec = load_spec(name, CONF_TABLES)
+    assert spec["name"] == name
+    text, _ = render(spec, [])
+    assert spec["title"] in text
