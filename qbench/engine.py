@@ -125,20 +125,20 @@ class TrainSettings:
     channels_last: bool = False
     progress: bool = True
     log_every: int = 50
-    max_steps_per_epoch: int | None = None
 
 
 def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
           settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train") -> int:
-    """Train ``model`` for ``recipe['epochs']`` epochs, checkpointing to ``run_dir/checkpoint.pt``
+    """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
+    steps where the recipe sets it), checkpointing to ``run_dir/checkpoint.pt``
     after each epoch and resuming from it when present. Returns the epoch it resumed at
     (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     optimizer = build_optimizer(model, recipe)
     steps_per_epoch = len(train_batches)
-    if settings.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
+    if recipe.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, recipe["max_steps_per_epoch"])
     start_epoch = 0
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)

@@ -37,7 +37,6 @@ def baseline_config(cfg: dict) -> dict:
         "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATASET_LOCATION_KEYS},
         "model": cfg["model"],
         "fp_recipe": None if cfg["dataset"]["pretrained_fp"] or cfg["model"]["weights"] else
-        {"batch_size": recipe["batch_size"], "max_steps_per_epoch": recipe.get("max_steps_per_epoch"),
-         **recipe["fp"]},
+        {"batch_size": recipe["batch_size"], **recipe["fp"]},
         "baseline_seed": cfg["baseline_seed"],
     }

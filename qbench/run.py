@@ -48,11 +48,16 @@ def say(message: str) -> None:
 def run(cfg: dict) -> dict:
     """Run one experiment and return its record (also written to ``paths.records_dir``).
 
+    The record's ``method`` holds every method option as used, presets resolved (LSQ+
+    ``config: 4`` appears with its ``act_signed``, ``act_asymmetric`` and ``offset``), and the
+    run's identity is computed from that, so two spellings of one experiment are one run.
+
     A cell whose record already says ``ok`` is reported and skipped unless ``force`` is set;
     an interrupted one resumes from its checkpoint in ``<runs_dir>/runs/<run id>/``.
     """
     validate(cfg)
     method = create_method(cfg["method"])
+    cfg = {**cfg, "method": method.options()}
     rid = run_id(cfg, method.quantizes)
     record_path = Path(cfg["paths"]["records_dir"]) / f"{rid}.json"
     if record_path.exists() and not cfg["force"]:
@@ -64,8 +69,7 @@ def run(cfg: dict) -> dict:
     rt = cfg["runtime"]
     if rt["threads"]:
         torch.set_num_threads(rt["threads"])
-    settings = TrainSettings(_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"],
-                             cfg["recipe"].get("max_steps_per_epoch"))
+    settings = TrainSettings(_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])
     run_dir = Path(cfg["paths"]["runs_dir"]) / "runs" / rid
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))

@@ -40,10 +40,11 @@ def validate(cfg: dict) -> None:
     recipe = cfg["recipe"]
     _check_positive_int("recipe.batch_size", recipe["batch_size"])
     _check_positive_int("recipe.eval_batch_size", recipe["eval_batch_size"])
-    _check_positive_int("recipe.max_steps_per_epoch", recipe.get("max_steps_per_epoch"), allow_null=True)
     for phase in ("fp", "qat"):
         if recipe.get(phase):
             _check_positive_int(f"recipe.{phase}.epochs", recipe[phase]["epochs"], allow_zero=True)
+            _check_positive_int(f"recipe.{phase}.max_steps_per_epoch", recipe[phase].get("max_steps_per_epoch"),
+                                allow_null=True)
             lr = recipe[phase]["lr"]
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
                 raise ConfigError(f"recipe.{phase}.lr={lr!r} is not allowed; use a number > 0")

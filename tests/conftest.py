@@ -15,7 +15,8 @@ torch.set_num_threads(2)
 TINY = [
     "dataset.train_limit=256", "dataset.val_limit=128",
     "recipe.batch_size=32", "recipe.eval_batch_size=64",
-    "recipe.fp.epochs=1", "recipe.qat.epochs=1", "recipe.max_steps_per_epoch=2",
+    "recipe.fp.epochs=1", "recipe.qat.epochs=1",
+    "recipe.fp.max_steps_per_epoch=2", "recipe.qat.max_steps_per_epoch=2",
     "calib.num_images=32", "runtime.progress=false", "runtime.device=cpu",
 ]
 

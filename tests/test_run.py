@@ -92,3 +92,15 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("qbench: error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
+
+
+def test_identity_uses_the_options_as_the_method_resolves_them(make_config):
+    from qbench.identity import run_id
+    from qbench.methods import create_method
+
+    def rid(*overrides):
+        cfg = make_config("method=lsqplus", *overrides)
+        return run_id({**cfg, "method": create_method(cfg["method"]).options()}, True)
+
+    assert rid("method.config=4") == rid("method.config=4", "method.offset=learned", "method.act_signed=false")
+    assert rid("method.config=4") != rid("method.config=3")

@@ -48,7 +48,7 @@ class LSQ(Method):
         act_signed: str = "false"
         grad_scale: bool = True
         per_example_numel: bool = False
-        calib_max_samples: int = 1 << 20
+        calib_max_samples: int = 1 << 18
         calib_train_mode: bool = True
 
         def __post_init__(self) -> None:

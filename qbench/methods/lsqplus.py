@@ -58,7 +58,7 @@ class LSQPlus(LSQ):
         mse_steps: int = 200
         mse_lr: float = 0.01
         init_batches: int | None = None
-        calib_max_samples: int = 1 << 20
+        calib_max_samples: int = 1 << 18
         calib_train_mode: bool = True
 
         def __post_init__(self) -> None:

@@ -27,6 +27,10 @@ class Method:
     def __init__(self, config: object) -> None:
         self.config = config
 
+    def options(self) -> dict:
+        """Every option as the method uses it, presets resolved: what the record stores."""
+        return {"name": self.name, **dataclasses.asdict(self.config)}
+
     def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
         return model
 

@@ -56,4 +56,7 @@ class Observation:
         return var**0.5
 
     def sample_tensor(self) -> torch.Tensor:
-        return torch.cat(self.samples)
+        values = torch.cat(self.samples)
+        if values.numel() > self.max_samples:
+            values = values[torch.randperm(values.numel())[:self.max_samples]]
+        return values
