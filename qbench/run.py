@@ -15,6 +15,7 @@ from qbench.identity import run_id
 from qbench.methods import create_method
 from qbench.models import model_spec
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+from qbench.quant.lsq import compile_quantizer_kernels
 from qbench.report.records import git_state, read_record, versions, write_record
 from qbench.validate import validate
 
@@ -67,6 +68,7 @@ def run(cfg: dict) -> dict:
                 f"(FP {previous['fp']['top1']:.2f}); record {record_path} (force=true reruns it)")
             return previous
     rt = cfg["runtime"]
+    compile_quantizer_kernels(rt["compile_quantizers"])
     if rt["threads"]:
         torch.set_num_threads(rt["threads"])
     settings = TrainSettings(_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])

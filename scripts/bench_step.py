@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from qbench.methods import create_method
 from qbench.models import create_model, model_spec
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+from qbench.quant.lsq import compile_quantizer_kernels
 
 
 def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -41,7 +42,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
     args = parser.parse_args()
+    compile_quantizer_kernels(not args.eager)
     torch.manual_seed(0)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     x = torch.randn(args.batch, args.chans, args.size, args.size).contiguous(memory_format=fmt)
@@ -65,7 +68,8 @@ def main() -> None:
     fp_ms = statistics.median(times["fp"]) * 1e3
     q_ms = statistics.median(times[args.method]) * 1e3
     print(f"{args.model}, batch {args.batch}, {args.chans}x{args.size}x{args.size}, "
-          f"{'contiguous' if args.no_channels_last else 'channels_last'}, {torch.get_num_threads()} threads")
+          f"{'contiguous' if args.no_channels_last else 'channels_last'}, {torch.get_num_threads()} threads, "
+          f"quantizer kernels {'eager' if args.eager else 'compiled'}")
     print(f"FP training step:               {fp_ms:8.1f} ms (median of {args.repeats})")
     print(f"{args.method} W{args.bits}A{args.bits} training step:  {q_ms:8.1f} ms")
     print(f"ratio {args.method} / FP: {q_ms / fp_ms:.2f}x")

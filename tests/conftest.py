@@ -18,6 +18,7 @@ TINY = [
     "recipe.fp.epochs=1", "recipe.qat.epochs=1",
     "recipe.fp.max_steps_per_epoch=2", "recipe.qat.max_steps_per_epoch=2",
     "calib.num_images=32", "runtime.progress=false", "runtime.device=cpu",
+    "runtime.compile_quantizers=false",
 ]
 
 

@@ -10,7 +10,8 @@ z = (v − β)/s:
 
 and ∂L/∂s, ∂L/∂β are multiplied by the gradient scale g = 1/√(N·p) (LSQ section 2.2).
 Forward and the three gradients are computed by one autograd Function, element-wise tensor
-ops only, no host synchronisation.
+ops only, no host synchronisation; ``compile_quantizer_kernels(True)`` fuses each direction
+into one loop.
 """
 from __future__ import annotations
 
@@ -26,35 +27,98 @@ from qbench.quant.observer import Observation
 STEP_MIN = 1e-8
 
 
+def _forward_kernel(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
+                    qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v̂, z) with z = (v − β)/s, kept for the backward."""
+    z = (v - offset if offset is not None else v) / step
+    out = torch.clamp(z, qmin, qmax).round() * step
+    return (out + offset if offset is not None else out), z
+
+
+def _backward_kernel(z: torch.Tensor, grad_out: torch.Tensor, qmin: int,
+                     qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂L/∂v, Σ ∂L/∂v̂·∂v̂/∂s, Σ ∂L/∂v̂·∂v̂/∂β) before the gradient scale."""
+    inside = (z > qmin) & (z < qmax)
+    grad_v = torch.where(inside, grad_out, 0.0)
+    # Outside the range the code is exactly n or p, and so is ∂v̂/∂s.
+    dstep = torch.where(inside, torch.round(z) - z, torch.clamp(z, qmin, qmax).round())
+    return grad_v, (grad_out * dstep).sum(), torch.where(inside, 0.0, grad_out).sum()
+
+
+class _Kernels:
+    """The element-wise kernels, eager or compiled by ``torch.compile`` into one fused loop
+    each (on a 2-core CPU the eager backward costs ~20× the fused one on ResNet18's largest
+    weight). Compilation happens once per process, on first use, and is cached on disk."""
+
+    def __init__(self) -> None:
+        self.set_compiled(False)
+
+    def set_compiled(self, compiled: bool) -> None:
+        self.compiled = compiled
+        if compiled:
+            self.forward = torch.compile(_forward_kernel, dynamic=True)
+            self.backward = torch.compile(_backward_kernel, dynamic=True)
+        else:
+            self.forward, self.backward = _forward_kernel, _backward_kernel
+
+
+KERNELS = _Kernels()
+
+
+def compile_quantizer_kernels(enabled: bool) -> None:
+    """Use fused, compiled kernels for every learned-step quantizer (``runtime.compile_quantizers``)."""
+    if enabled != KERNELS.compiled:
+        KERNELS.set_compiled(enabled)
+
+
+def _memory_order(t: torch.Tensor) -> tuple[int, ...]:
+    """The dimension order in which ``t``'s elements lie in memory (outermost first)."""
+    return tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d))))
+
+
+def _flatten(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    """``t`` as a 1-D tensor in ``order``: a view when ``t`` is dense in that order, detached so
+    that it has no base tensor. Element-wise kernels then see one shape, whatever the layout
+    (contiguous, channels_last), so a compiled kernel is compiled once."""
+    return t.permute(order).contiguous().view(-1).detach()
+
+
+def _unflatten(flat: torch.Tensor, shape: torch.Size, order: tuple[int, ...]) -> torch.Tensor:
+    shape = [shape[d] for d in order]
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return flat.view(shape).permute(inverse)
+
+
 class LearnedStepFakeQuant(torch.autograd.Function):
-    """v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients (module docstring)."""
+    """v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients (module docstring).
+
+    The kernels run on 1-D views in the input's memory order; the output has the input's
+    layout, and ∂L/∂v the layout of the input too.
+    """
 
     @staticmethod
     def forward(ctx: Any, v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
                 qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
-        shifted = v - offset if offset is not None else v
-        codes = torch.clamp(shifted / step, qmin, qmax).round_()
-        out = codes.mul_(step)
-        if offset is not None:
-            out = out.add_(offset)
-        ctx.save_for_backward(v, step, offset)
+        order = _memory_order(v)
+        out, z = KERNELS.forward(_flatten(v.detach(), order), step.detach(),
+                                 offset.detach() if offset is not None else None, qmin, qmax)
+        ctx.save_for_backward(z, step, offset)
         ctx.qrange = (qmin, qmax, grad_scale)
-        return out
+        ctx.layout = (v.shape, order)
+        return _unflatten(out, v.shape, order)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
-        v, step, offset = ctx.saved_tensors
+        z, step, offset = ctx.saved_tensors
         qmin, qmax, grad_scale = ctx.qrange
-        z = (v - offset if offset is not None else v) / step
-        inside = (z > qmin) & (z < qmax)
-        codes = torch.clamp(z, qmin, qmax).round_()
-        # Outside the range the code is exactly n or p, so one expression covers all branches.
-        dstep = codes.sub_(torch.where(inside, z, 0.0))
-        grad_v = grad_out * inside
-        grad_step = (grad_out * dstep).sum().mul_(grad_scale).reshape(step.shape)
-        grad_offset = None
+        shape, order = ctx.layout
+        grad_v, grad_step, grad_offset = KERNELS.backward(z, _flatten(grad_out, order), qmin, qmax)
+        grad_v = _unflatten(grad_v, shape, order)
+        grad_step = (grad_step * grad_scale).reshape(step.shape)
         if offset is not None:
-            grad_offset = (grad_out.sum() - grad_v.sum()).mul_(grad_scale).reshape(offset.shape)
+            grad_offset = (grad_offset * grad_scale).reshape(offset.shape)
+        else:
+            grad_offset = None
         return grad_v, grad_step, grad_offset, None, None, None
 
 
