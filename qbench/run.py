@@ -15,7 +15,7 @@ from qbench.identity import run_id
 from qbench.methods import create_method
 from qbench.models import model_spec
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-from qbench.quant.lsq import compile_quantizer_kernels
+from qbench.quant.kernels import compile_kernels
 from qbench.report.records import git_state, read_record, versions, write_record
 from qbench.validate import validate
 
@@ -68,7 +68,7 @@ def run(cfg: dict) -> dict:
                 f"(FP {previous['fp']['top1']:.2f}); record {record_path} (force=true reruns it)")
             return previous
     rt = cfg["runtime"]
-    compile_quantizer_kernels(rt["compile_quantizers"])
+    compile_kernels(rt["compile_quantizers"])
     if rt["threads"]:
         torch.set_num_threads(rt["threads"])
     settings = TrainSettings(_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])
@@ -76,6 +76,7 @@ def run(cfg: dict) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     started = time.time()
+    provenance = {"versions": versions(), "git": git_state()}
     torch.manual_seed(cfg["seed"])
     recipe = cfg["recipe"]
     data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"],
@@ -121,8 +122,7 @@ def run(cfg: dict) -> dict:
         "fp": {**baseline.metrics, "baseline_key": baseline.key, "weights_sha256": baseline.weights_sha256},
         "seed": cfg["seed"],
         "wall_time_s": round(time.time() - started, 1),
-        "versions": versions(),
-        "git": git_state(),
+        **provenance,
         "host": platform.node(),
         "device": str(settings.device),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

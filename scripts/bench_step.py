@@ -1,10 +1,11 @@
 """Time one training step of a quantized network against the float one, in one process.
 
     python scripts/bench_step.py                         # ResNet18, LSQ W4A4, batch 128, 28 px
+    python scripts/bench_step.py --methods lsq apot      # both against FP and against each other
     python scripts/bench_step.py --model mobilenet_v2 --bits 2 --no-channels-last
 
-Both models see the same batch; after warm-up, FP and quantized steps alternate so that machine
-noise hits both alike; the medians and their ratio are printed.
+Every model sees the same batch; after warm-up, the FP and quantized steps alternate so that
+machine noise hits all alike; the medians and their ratios are printed.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from qbench.methods import create_method
 from qbench.models import create_model, model_spec
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-from qbench.quant.lsq import compile_quantizer_kernels
+from qbench.quant.kernels import compile_kernels
 
 
 def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -34,7 +35,7 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--method", default="lsq")
+    parser.add_argument("--methods", nargs="+", default=["lsq"])
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=28)
@@ -44,20 +45,22 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
     args = parser.parse_args()
-    compile_quantizer_kernels(not args.eager)
+    compile_kernels(not args.eager)
     torch.manual_seed(0)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     x = torch.randn(args.batch, args.chans, args.size, args.size).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (args.batch,))
     fp = create_model(args.model, 10, args.chans)
-    quant = copy.deepcopy(fp)
     spec = model_spec(args.model)
-    plan = plan_precision(quant, args.bits, args.bits, spec.first_layer, spec.last_layer,
-                          EdgeLayerPolicy(), EdgeLayerPolicy())
-    method = create_method({"name": args.method})
-    quant = method.prepare(quant, plan)
-    method.calibrate(quant, [x[:32]])
-    models = {"fp": fp.to(memory_format=fmt).train(), args.method: quant.to(memory_format=fmt).train()}
+    models = {"fp": fp.to(memory_format=fmt).train()}
+    for name in args.methods:
+        quant = copy.deepcopy(fp)
+        plan = plan_precision(quant, args.bits, args.bits, spec.first_layer, spec.last_layer,
+                              EdgeLayerPolicy(), EdgeLayerPolicy())
+        method = create_method({"name": name})
+        quant = method.prepare(quant, plan)
+        method.calibrate(quant, [x[:32]])
+        models[name] = quant.to(memory_format=fmt).train()
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(args.warmup + args.repeats):
@@ -65,14 +68,17 @@ def main() -> None:
             t = step_time(m, opts[k], x, y)
             if i >= args.warmup:
                 times[k].append(t)
-    fp_ms = statistics.median(times["fp"]) * 1e3
-    q_ms = statistics.median(times[args.method]) * 1e3
+    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"{args.model}, batch {args.batch}, {args.chans}x{args.size}x{args.size}, "
           f"{'contiguous' if args.no_channels_last else 'channels_last'}, {torch.get_num_threads()} threads, "
-          f"quantizer kernels {'eager' if args.eager else 'compiled'}")
-    print(f"FP training step:               {fp_ms:8.1f} ms (median of {args.repeats})")
-    print(f"{args.method} W{args.bits}A{args.bits} training step:  {q_ms:8.1f} ms")
-    print(f"ratio {args.method} / FP: {q_ms / fp_ms:.2f}x")
+          f"quantizer kernels {'eager' if args.eager else 'compiled'}, median of {args.repeats}")
+    for name, value in ms.items():
+        label = "FP" if name == "fp" else f"{name} W{args.bits}A{args.bits}"
+        print(f"{label + ' training step:':32s}{value:8.1f} ms")
+    for i, name in enumerate(args.methods):
+        print(f"ratio {name} / FP: {ms[name] / ms['fp']:.2f}x")
+        for other in args.methods[:i]:
+            print(f"ratio {name} / {other}: {ms[name] / ms[other]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -128,14 +128,14 @@ def test_one_sgd_step_moves_the_step_and_reduces_error():
 
 @pytest.mark.parametrize("with_offset", [False, True])
 def test_compiled_kernels_match_the_eager_ones_in_every_layout(with_offset):
-    from qbench.quant.lsq import compile_quantizer_kernels
+    from qbench.quant.kernels import compile_kernels
 
     torch.manual_seed(0)
     v = (torch.randn(6, 5, 4, 3) * 3).contiguous(memory_format=torch.channels_last)
     upstream = torch.randn(6, 5, 4, 3)  # contiguous: a layout other than v's
     results = []
     for compiled in (False, True):
-        compile_quantizer_kernels(compiled)
+        compile_kernels(compiled)
         try:
             x = v.clone().requires_grad_(True)
             s = torch.tensor(0.4, requires_grad=True)
@@ -145,7 +145,7 @@ def test_compiled_kernels_match_the_eager_ones_in_every_layout(with_offset):
             assert out.is_contiguous(memory_format=torch.channels_last)
             results.append((out, x.grad, s.grad, None if b is None else b.grad))
         finally:
-            compile_quantizer_kernels(False)
+            compile_kernels(False)
     for eager, compiled in zip(*results):
         if eager is not None:
             torch.testing.assert_close(compiled, eager)

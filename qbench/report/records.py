@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +24,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=None)
 def git_state(repo: Path | None = None) -> dict[str, object]:
-    """Commit hash and whether the work tree differs from it (``None`` outside a git checkout)."""
+    """Commit hash and whether the work tree differs from it (``None`` outside a git checkout).
+
+    Read once per process: a sweep's later jobs run the code the process loaded, whatever the
+    checkout holds by then."""
     repo = repo or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
