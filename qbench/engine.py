@@ -52,6 +52,16 @@ def lr_multiplier(step: int, steps_per_epoch: int, recipe: dict) -> float:
     return m
 
 
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode, except batch norm layers when ``freeze_bn``: they then normalise with the
+    running statistics they start with (their affine parameters still train)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def quantizer_parameter_ids(model: nn.Module) -> set[int]:
     return {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)}
 
@@ -130,7 +140,8 @@ class TrainSettings:
 def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
           settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train") -> int:
     """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
-    steps where the recipe sets it), checkpointing to ``run_dir/checkpoint.pt``
+    steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``),
+    checkpointing to ``run_dir/checkpoint.pt``
     after each epoch and resuming from it when present. Returns the epoch it resumed at
     (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +162,7 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
         torch.manual_seed(seed)
         random.seed(seed)
     for epoch in range(start_epoch, recipe["epochs"]):
-        model.train()
+        set_train_mode(model, recipe.get("freeze_bn", False))
         bar = tqdm(total=steps_per_epoch, desc=f"{tag} epoch {epoch + 1}/{recipe['epochs']}",
                    disable=not settings.progress, leave=False)
         loss_sum = torch.zeros((), device=settings.device)

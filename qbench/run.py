@@ -12,9 +12,9 @@ from qbench.baseline import get_baseline
 from qbench.data import build_data
 from qbench.engine import Diverged, TrainSettings, evaluate, train
 from qbench.identity import run_id
-from qbench.methods import create_method
+from qbench.methods import Method, create_method
 from qbench.models import model_spec
-from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+from qbench.quant.convert import EdgeLayerPolicy, LayerPrecision, plan_precision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import git_state, read_record, versions, write_record
 from qbench.validate import validate
@@ -40,6 +40,33 @@ def qat_recipe(cfg: dict) -> dict:
     if cfg["wbits"] in by_bits:
         recipe["weight_decay"] = by_bits[cfg["wbits"]]
     return recipe
+
+
+def _place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+    model = model.to(settings.device)
+    return model.to(memory_format=torch.channels_last) if settings.channels_last else model
+
+
+def prepare_and_calibrate(model: torch.nn.Module, method: Method, cfg: dict,
+                          calibration: list[torch.Tensor], settings: TrainSettings, writer,
+                          resuming: bool) -> tuple[torch.nn.Module, dict[str, LayerPrecision]]:
+    """Swap layers by the precision policy, move the model to its device and initialise its
+    quantizers on the calibration images, with batch norm as fine-tuning will run it (skipped
+    when resuming: the checkpoint holds them).
+    Every initial value goes to TensorBoard under ``init/``."""
+    spec = model_spec(cfg["model"]["name"])
+    q = cfg["quant"]
+    plan = plan_precision(model, cfg["wbits"], cfg["abits"], spec.first_layer, spec.last_layer,
+                          EdgeLayerPolicy(**q["first_layer"]), EdgeLayerPolicy(**q["last_layer"]),
+                          tuple(q["skip_layers"]))
+    model = _place(method.prepare(model, plan), settings)
+    if not resuming:
+        batches = (x.to(settings.device) for x in calibration)
+        train_mode = method.trains and not cfg["recipe"]["qat"].get("freeze_bn", False)
+        for name, values in method.calibrate(model, batches, train_mode).items():
+            for param, value in values.items():
+                writer.add_scalar(f"init/{name}.{param}", value, 0)
+    return model, plan
 
 
 def say(message: str) -> None:
@@ -90,21 +117,11 @@ def run(cfg: dict) -> dict:
     writer = _tensorboard(run_dir / "tb")
     try:
         if method.quantizes:
-            spec = model_spec(cfg["model"]["name"])
-            q = cfg["quant"]
-            plan = plan_precision(model, cfg["wbits"], cfg["abits"], spec.first_layer, spec.last_layer,
-                                  EdgeLayerPolicy(**q["first_layer"]), EdgeLayerPolicy(**q["last_layer"]),
-                                  tuple(q["skip_layers"]))
-            model = method.prepare(model, plan)
+            model, plan = prepare_and_calibrate(model, method, cfg, data.calibration, settings,
+                                                writer, resuming=(run_dir / "checkpoint.pt").exists())
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
-            if not (run_dir / "checkpoint.pt").exists():
-                initial = method.calibrate(model, data.calibration)
-                for name, values in initial.items():
-                    for param, value in values.items():
-                        writer.add_scalar(f"init/{name}.{param}", value, 0)
-        model = model.to(settings.device)
-        if settings.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        else:
+            model = _place(model, settings)
         if method.trains:
             resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer, tag="qat")
             extra["resumed_at_epoch"] = resumed_at

@@ -95,3 +95,13 @@ def test_diverged_loss_stops_training(tmp_path):
     settings = TrainSettings(torch.device("cpu"), progress=False, log_every=1)
     with pytest.raises(Diverged, match="loss became nan"):
         train(model, ListBatches(), recipe(), tmp_path, settings, seed=0)
+
+
+def test_freeze_bn_keeps_running_statistics(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    before = model[1].running_mean.clone()
+    settings = TrainSettings(torch.device("cpu"), progress=False)
+    train(model, ListBatches(), recipe(epochs=1, freeze_bn=True), tmp_path / "frozen", settings, seed=0)
+    torch.testing.assert_close(model[1].running_mean, before)
+    train(model, ListBatches(), recipe(epochs=1), tmp_path / "free", settings, seed=0)
+    assert not torch.allclose(model[1].running_mean, before)

@@ -74,5 +74,5 @@ class APoT(Method):
     def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
         return quantize_model(model, plan, self.make_weight_quantizer, self.make_input_quantizer)
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
-        return initialize_quantizers(model, batches)
+    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
+        return initialize_quantizers(model, batches, train_mode=train_mode)

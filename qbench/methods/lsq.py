@@ -10,9 +10,9 @@ Choices the paper leaves open, all fields of ``conf/method/lsq.yaml``:
 - ``act_signed``: ``false`` (paper); ``true`` or ``auto`` (signed where the calibration inputs
   hold negative values, e.g. after MobileNetV2's linear bottlenecks). The network's own input,
   the normalised image, is always quantized signed.
-- ``calib_train_mode``: activation statistics are observed with batch norm on batch
-  statistics (the paper initialises from the first training batch, which sees exactly that);
-  running statistics are restored afterwards. ``false`` observes the network in eval mode.
+Activation statistics are observed as the first training batch sees the network (the paper
+initialises from that batch): batch norm on batch statistics, or on running statistics when the
+recipe sets ``freeze_bn``; running statistics are restored afterwards.
 - ``per_example_numel``: N of the gradient scale 1/√(N·Q_P) counts one example's features
   instead of the whole batch tensor (public implementations use the whole tensor).
 """
@@ -49,7 +49,6 @@ class LSQ(Method):
         grad_scale: bool = True
         per_example_numel: bool = False
         calib_max_samples: int = 1 << 18
-        calib_train_mode: bool = True
 
         def __post_init__(self) -> None:
             parse_signedness(self.act_signed, "method.act_signed")
@@ -66,6 +65,5 @@ class LSQ(Method):
     def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
         return quantize_model(model, plan, self.make_weight_quantizer, self.make_input_quantizer)
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
-        return initialize_quantizers(model, batches, self.config.calib_max_samples,
-                                     self.config.calib_train_mode)
+    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
+        return initialize_quantizers(model, batches, self.config.calib_max_samples, train_mode)

@@ -59,7 +59,6 @@ class LSQPlus(LSQ):
         mse_lr: float = 0.01
         init_batches: int | None = None
         calib_max_samples: int = 1 << 18
-        calib_train_mode: bool = True
 
         def __post_init__(self) -> None:
             if self.config not in CONFIGS:
@@ -93,9 +92,8 @@ class LSQPlus(LSQ):
                                     grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
                                     mse_steps=c.mse_steps, mse_lr=c.mse_lr)
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
+    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
         batches = list(batches)
         if self.config.init_batches is not None:
             batches = batches[:self.config.init_batches]
-        return initialize_quantizers(model, batches, self.config.calib_max_samples,
-                                     self.config.calib_train_mode)
+        return initialize_quantizers(model, batches, self.config.calib_max_samples, train_mode)

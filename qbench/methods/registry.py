@@ -34,7 +34,10 @@ class Method:
     def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
         return model
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
+    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
+        """Initialise the quantizers from ``batches``; ``train_mode``: observe the network as
+        its first training step sees it (batch norm on batch statistics). Returns the initial
+        values per quantizer, for logging."""
         return {}
 
 
