@@ -120,6 +120,7 @@ def run(cfg: dict) -> dict:
             model, plan = prepare_and_calibrate(model, method, cfg, data.calibration, settings,
                                                 writer, resuming=(run_dir / "checkpoint.pt").exists())
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
+            extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
         else:
             model = _place(model, settings)
         if method.trains:

@@ -84,6 +84,9 @@ def qbench(*args, tmp_path):
     (["dataset=imagenet"], "dataset.root must be set"),
     (["model.weights=/nonexistent.pt"], "model.weights=/nonexistent.pt is not a file"),
     (["+method.colour=red"], "method.colour is not an option of method lsq"),
+    (["method=lsqplus", "method.config=7"], "method.config=7 is not allowed; use 1, 2, 3 or 4"),
+    (["method=lsqplus", "method.offset=median"], "method.offset='median' is not allowed"),
+    (["method=apot", "method.levels=lloyd"], "method.levels='lloyd' is not allowed"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     result = qbench(*args, tmp_path=tmp_path)

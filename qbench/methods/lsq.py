@@ -7,9 +7,11 @@ then the whole network is fine-tuned from the float baseline with the shared tra
 quantizer itself is :class:`qbench.quant.lsq.LearnedStepQuantizer`.
 
 Choices the paper leaves open, all fields of ``conf/method/lsq.yaml``:
-- ``act_signed``: ``false`` (paper); ``true`` or ``auto`` (signed where the calibration inputs
-  hold negative values, e.g. after MobileNetV2's linear bottlenecks). The network's own input,
-  the normalised image, is always quantized signed.
+- ``act_signed``: the grid of activation outputs, ``false`` (paper); ``true`` or ``auto``
+  (signed where the calibration inputs hold negative values). Inputs that are not activation
+  outputs — the normalised image, linear-bottleneck outputs and residual sums, which EfficientNet,
+  MixNet and MobileNetV2 feed to each block's first 1×1 conv — are signed data and always get a
+  signed grid (:mod:`qbench.quant.graph`); an unsigned grid there would discard half the signal.
 Activation statistics are observed as the first training batch sees the network (the paper
 initialises from that batch): batch norm on batch statistics, or on running statistics when the
 recipe sets ``freeze_bn``; running statistics are restored afterwards.

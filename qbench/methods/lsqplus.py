@@ -21,7 +21,9 @@ configurations and zero for the symmetric ones.
 Choices the paper leaves open (fields of ``conf/method/lsqplus.yaml``): μ, σ of |w| (as our
 source words it) or of w (``weight_sigma_of_abs``); the MSE fit's number of Adam steps and
 relative learning rate (``mse_steps``, ``mse_lr``) and calibration batches (``init_batches``).
-The network's own input, the normalised image, is quantized signed and symmetric.
+The configurations choose the grid of activation outputs. Inputs that are signed data rather
+than activation outputs (the normalised image, linear-bottleneck outputs and residual sums; see
+:mod:`qbench.quant.graph`) are quantized signed and symmetric in every configuration.
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ class LSQPlus(LSQ):
 
     def make_input_quantizer(self, bits: int, signed: bool | None) -> LearnedStepQuantizer:
         c = self.config
-        if signed is True:  # the network's input image
+        if signed is True:  # signed data: the image, a linear bottleneck, a residual sum
             return LearnedStepQuantizer(bits, signed=True, init=INITS[c.init][1], grad_scale=c.grad_scale,
                                         per_example_numel=c.per_example_numel,
                                         mse_steps=c.mse_steps, mse_lr=c.mse_lr)

@@ -7,6 +7,7 @@ from typing import Callable
 from torch import nn
 
 from qbench.quant.base import Quantizer
+from qbench.quant.graph import activation_fed_layers
 from qbench.quant.layers import QuantConv2d, QuantLinear
 
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
@@ -16,8 +17,10 @@ QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 class LayerPrecision:
     """Bits of one layer's weights and input; ``None`` keeps that tensor in float.
 
-    ``input_signed`` is ``True`` for the network's own input (a normalised image is signed) and
-    ``None`` elsewhere, where the method decides.
+    ``input_signed`` is ``True`` where the input is signed data rather than an activation
+    output (the normalised image, linear-bottleneck outputs and residual sums; see
+    :mod:`qbench.quant.graph`): those are quantized on a signed, symmetric grid by every method.
+    It is ``None`` for activation outputs, whose grid the method chooses.
     """
 
     weight_bits: int | None
@@ -42,8 +45,10 @@ def plan_precision(model: nn.Module, wbits: int, abits: int, first_layer: str, l
                    first: EdgeLayerPolicy, last: EdgeLayerPolicy,
                    skip: tuple[str, ...] = ()) -> dict[str, LayerPrecision]:
     """The precision of every conv/linear layer: ``wbits``/``abits`` except the edge layers and
-    ``skip`` (left in float). Raises if a named layer does not exist."""
+    ``skip`` (left in float), and whether its input is signed data. Raises if a named layer does
+    not exist."""
     names = quantizable_layers(model)
+    activation_fed = activation_fed_layers(model, names)
     for name in (first_layer, last_layer, *skip):
         if name not in names:
             raise ValueError(f"layer {name!r} is not a conv/linear layer of this model")
@@ -52,11 +57,11 @@ def plan_precision(model: nn.Module, wbits: int, abits: int, first_layer: str, l
         if name in skip:
             continue
         edge = first if name == first_layer else last if name == last_layer else None
+        signed = None if name in activation_fed else True
         if edge is None:
-            plan[name] = LayerPrecision(wbits, abits)
+            plan[name] = LayerPrecision(wbits, abits, signed)
         elif edge.quantize:
-            plan[name] = LayerPrecision(edge.weight_bits, edge.input_bits,
-                                        True if name == first_layer else None)
+            plan[name] = LayerPrecision(edge.weight_bits, edge.input_bits, signed)
     return plan
 
 
