@@ -126,6 +126,8 @@ def run(cfg: dict) -> dict:
         if method.trains:
             resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer, tag="qat")
             extra["resumed_at_epoch"] = resumed_at
+        if method.quantizes:
+            extra.update(method.report(model))
         metrics = evaluate(model, data.val, settings.device, settings.channels_last, settings.progress)
     except Diverged as exc:
         status, metrics = "diverged", None

@@ -40,6 +40,11 @@ class Method:
         values per quantizer, for logging."""
         return {}
 
+    def report(self, model: nn.Module) -> dict:
+        """Extra fields for the run's record, computed from the final model after calibration
+        and training (e.g. per-layer statistics, chosen bit-widths). JSON-serialisable."""
+        return {}
+
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def add(cls: type[Method]) -> type[Method]:

@@ -18,6 +18,8 @@ with Π the projection to the nearest level. Backward (eq. 7, RCF):
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,46 +78,115 @@ def project_to_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return levels[torch.bucketize(x, midpoints)]
 
 
+MAX_TABLE_CELLS = 1 << 18
+
+
+@dataclass(frozen=True)
+class LevelTable:
+    """A lookup table that projects values of [lo, 1] to the nearest level in O(1).
+
+    [lo, 1] is cut into cells of half the smallest gap between midpoints of adjacent levels;
+    ``first[k]`` counts the midpoints below cell k's start (less a quarter cell). A value in cell
+    k then has at most one midpoint between that point and itself, so its level index is
+    ``first[k] + (x > bounds[first[k]])``: exact, and ~10× faster than ``bucketize`` on the CPU
+    (measured on a 2.4M-element weight). Level sets whose table would exceed
+    ``MAX_TABLE_CELLS`` (PoT's finest levels) use :func:`project_to_levels` instead
+    (``first`` is ``None``).
+    """
+
+    levels: torch.Tensor
+    bounds: torch.Tensor              # midpoints, then +inf
+    first: torch.Tensor | None
+    inv_cell: torch.Tensor            # 0-d: cells per unit
+
+    @staticmethod
+    def build(levels: torch.Tensor, lo: float) -> "LevelTable":
+        midpoints = (levels[1:] + levels[:-1]) / 2
+        bounds = torch.cat([midpoints, torch.tensor([math.inf], dtype=levels.dtype)])
+        exact = midpoints.double()
+        cell = (exact[1:] - exact[:-1]).min().item() / 2 if len(exact) > 1 else 1.0 - lo
+        cells = math.ceil((1.0 - lo) / cell) + 1
+        if cells > MAX_TABLE_CELLS:
+            return LevelTable(levels, bounds, None, torch.tensor(0.0, dtype=levels.dtype))
+        starts = lo + torch.arange(cells, dtype=torch.float64) * cell - cell / 4
+        first = torch.searchsorted(exact, starts, right=False)
+        return LevelTable(levels, bounds, first, torch.tensor(1.0 / cell, dtype=levels.dtype))
+
+
+def _project(x: torch.Tensor, lo: float, levels: torch.Tensor, bounds: torch.Tensor,
+             first: torch.Tensor | None, inv_cell: torch.Tensor) -> torch.Tensor:
+    """The nearest level to each ``x`` in [lo, 1] through a :class:`LevelTable`'s tensors."""
+    if first is None:
+        return project_to_levels(x, levels)
+    k = ((x - lo) * inv_cell).long().clamp(0, first.numel() - 1)
+    i = first[k]
+    return levels[i + (x > bounds[i]).long()]
+
+
 @kernel
-def _rcf_forward(v: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor,
-                 lo: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x̂, u = v/α, Π(clip(u))): the last two are kept for the backward."""
-    u = v / alpha
-    projected = project_to_levels(u.clamp(lo, 1.0), levels)
+def _rcf_forward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor, lo: float,
+                 levels: torch.Tensor, bounds: torch.Tensor, first: torch.Tensor | None,
+                 inv_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x̂, u = (v − shift)·inv_scale/α, Π(clip(u))): the last two are kept for the backward."""
+    u = (v - shift) * inv_scale / alpha
+    projected = _project(u.clamp(lo, 1.0), lo, levels, bounds, first, inv_cell)
     return projected * alpha, u, projected
 
 
 @kernel
-def _rcf_backward(u: torch.Tensor, projected: torch.Tensor, grad_out: torch.Tensor, lo: float,
-                  grad_outside: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂v, ∂L/∂α) by the RCF rule."""
+def _rcf_backward(u: torch.Tensor, projected: torch.Tensor, grad_out: torch.Tensor, alpha: torch.Tensor,
+                  lo: float, grad_outside: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂L/∂n, ∂L/∂α, Σ ∂L/∂n, Σ ∂L/∂n·n) by the RCF rule, n = α·u the clipped input."""
     inside = (u >= lo) & (u <= 1.0)
     below_unsigned = (u < 0.0) & (lo == 0.0)
-    grad_v = torch.where(inside, grad_out, torch.where(below_unsigned, 0.0, grad_out * grad_outside))
+    grad_n = torch.where(inside, grad_out, torch.where(below_unsigned, 0.0, grad_out * grad_outside))
     # Outside the range Π(clip(u)) is lo or 1, which is ∂x̂/∂α there: one expression.
     dalpha = projected - torch.where(inside, u, 0.0)
-    return grad_v, (grad_out * dalpha).sum()
+    return grad_n, (grad_out * dalpha).sum(), grad_n.sum(), (grad_n * u * alpha).sum()
+
+
+@kernel
+def _normalisation_backward(grad_n: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor, inv_scale: torch.Tensor,
+                            sum_grad: torch.Tensor, sum_grad_n: torch.Tensor, numel: int) -> torch.Tensor:
+    """∂L/∂v through n = (v − mean)/std (unbiased std):
+    (1/std)·(∂L/∂n − Σ∂L/∂n / N − n·Σ(∂L/∂n·n) / (N − 1))."""
+    return inv_scale * (grad_n - sum_grad / numel - u * alpha * sum_grad_n / (numel - 1))
 
 
 class RCFQuantize(torch.autograd.Function):
-    """α·Π(clip(v/α, lo, 1)) with the RCF gradients (module docstring); lo = −1 for a signed
-    level set, 0 for an unsigned one. Kernels run on 1-D views (:mod:`qbench.quant.kernels`)."""
+    """α·Π(clip(n/α, lo, 1)) with the RCF gradients (module docstring); lo = −1 for a signed
+    level set, 0 for an unsigned one; ``table`` a :class:`LevelTable` built for ``lo``. With ``weight_norm`` n = (v − mean(v))/std(v) and the
+    gradient flows through the normalisation too (section 2.4), in two fused passes; otherwise
+    n = v. Kernels run on 1-D views (:mod:`qbench.quant.kernels`)."""
 
     @staticmethod
-    def forward(ctx: Any, v: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor, lo: float,
-                grad_outside: float) -> torch.Tensor:
+    def forward(ctx: Any, v: torch.Tensor, alpha: torch.Tensor, table: LevelTable, lo: float,
+                grad_outside: float, weight_norm: bool = False) -> torch.Tensor:
         order = memory_order(v)
-        out, u, projected = _rcf_forward(flatten(v, order), alpha.detach(), levels, lo)
-        ctx.save_for_backward(u, projected)
-        ctx.params = (lo, grad_outside, v.shape, order)
+        flat = flatten(v, order)
+        if weight_norm:
+            std, mean = torch.std_mean(flat)
+            shift, inv_scale = mean, 1.0 / std
+        else:
+            shift, inv_scale = flat.new_zeros(()), flat.new_ones(())
+        alpha = alpha.detach()
+        out, u, projected = _rcf_forward(flat, shift, inv_scale, alpha, lo, table.levels, table.bounds,
+                                         table.first, table.inv_cell)
+        ctx.save_for_backward(u, projected, alpha, inv_scale)
+        ctx.params = (lo, grad_outside, weight_norm, v.shape, order)
         return unflatten(out, v.shape, order)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
-        u, projected = ctx.saved_tensors
-        lo, grad_outside, shape, order = ctx.params
-        grad_v, grad_alpha = _rcf_backward(u, projected, flatten(grad_out, order), lo, grad_outside)
-        return unflatten(grad_v, shape, order), grad_alpha.reshape(()), None, None, None
+        u, projected, alpha, inv_scale = ctx.saved_tensors
+        lo, grad_outside, weight_norm, shape, order = ctx.params
+        grad_n, grad_alpha, sum_grad, sum_grad_n = _rcf_backward(u, projected, flatten(grad_out, order),
+                                                                 alpha, lo, grad_outside)
+        if weight_norm:
+            grad_v = _normalisation_backward(grad_n, u, alpha, inv_scale, sum_grad, sum_grad_n, u.numel())
+        else:
+            grad_v = grad_n
+        return unflatten(grad_v, shape, order), grad_alpha.reshape(()), None, None, None, None
 
 
 class APoTQuantizer(Quantizer):
@@ -138,7 +209,11 @@ class APoTQuantizer(Quantizer):
         super().__init__(bits)
         self.signed, self.kind = signed, levels
         self.weight_norm, self.grad_outside = weight_norm, grad_outside
-        self.register_buffer("levels", apot_levels(bits, signed, levels), persistent=False)
+        table = LevelTable.build(apot_levels(bits, signed, levels), -1.0 if signed else 0.0)
+        self.register_buffer("levels", table.levels, persistent=False)
+        self.register_buffer("level_bounds", table.bounds, persistent=False)
+        self.register_buffer("level_first", table.first, persistent=False)
+        self.register_buffer("level_inv_cell", table.inv_cell, persistent=False)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
     def initialize(self, obs: Observation) -> None:
@@ -146,10 +221,10 @@ class APoTQuantizer(Quantizer):
             self.initialized.fill_(True)
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
-        if self.weight_norm:
-            v = (v - v.mean()) / v.std()
         alpha = self.alpha.abs() + 1e-8
-        return RCFQuantize.apply(v, alpha, self.levels, -1.0 if self.signed else 0.0, self.grad_outside)
+        table = LevelTable(self.levels, self.level_bounds, self.level_first, self.level_inv_cell)
+        return RCFQuantize.apply(v, alpha, table, -1.0 if self.signed else 0.0, self.grad_outside,
+                                 self.weight_norm)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, levels={self.kind}, weight_norm={self.weight_norm}"
