@@ -14,6 +14,11 @@ at 6.0); ``weight_norm``; ``weight_grad_outside`` — ∂ŵ/∂w outside the cli
 giving 1 for 2-bit weights (the official "calibrated gradient") and 0 above; ``act_signed``
 for networks whose layer inputs go negative. α's own learning rate and weight decay are the
 recipe's ``quantizer_lr_scale`` / ``quantizer_weight_decay``.
+
+As in the official code, the quantized weights stay in normalised units (ŵ = α·Π(·), α in
+units of σ), so every conv output is scaled by about 1/std(w) and the following batch norm
+absorbs it: fine-tune with batch norm on batch statistics (``recipe.qat.freeze_bn=false``, e.g.
+``recipe=local`` or ``local_short_bn``); frozen running statistics make the loss explode.
 """
 from __future__ import annotations
 
