@@ -113,7 +113,7 @@ class LevelTable:
         return LevelTable(levels, bounds, first, torch.tensor(1.0 / cell, dtype=levels.dtype))
 
 
-def _project(x: torch.Tensor, lo: float, levels: torch.Tensor, bounds: torch.Tensor,
+def _project(x: torch.Tensor, lo: torch.Tensor, levels: torch.Tensor, bounds: torch.Tensor,
              first: torch.Tensor | None, inv_cell: torch.Tensor) -> torch.Tensor:
     """The nearest level to each ``x`` in [lo, 1] through a :class:`LevelTable`'s tensors."""
     if first is None:
@@ -124,18 +124,18 @@ def _project(x: torch.Tensor, lo: float, levels: torch.Tensor, bounds: torch.Ten
 
 
 @kernel
-def _rcf_forward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor, lo: float,
+def _rcf_forward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor, lo: torch.Tensor,
                  levels: torch.Tensor, bounds: torch.Tensor, first: torch.Tensor | None,
                  inv_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x̂, u = (v − shift)·inv_scale/α, Π(clip(u))): the last two are kept for the backward."""
     u = (v - shift) * inv_scale / alpha
-    projected = _project(u.clamp(lo, 1.0), lo, levels, bounds, first, inv_cell)
+    projected = _project(torch.maximum(u, lo).clamp_max(1.0), lo, levels, bounds, first, inv_cell)
     return projected * alpha, u, projected
 
 
 @kernel
 def _rcf_backward(u: torch.Tensor, projected: torch.Tensor, grad_out: torch.Tensor, alpha: torch.Tensor,
-                  lo: float, grad_outside: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  lo: torch.Tensor, grad_outside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(∂L/∂n, ∂L/∂α, Σ ∂L/∂n, Σ ∂L/∂n·n) by the RCF rule, n = α·u the clipped input."""
     inside = (u >= lo) & (u <= 1.0)
     below_unsigned = (u < 0.0) & (lo == 0.0)
@@ -170,16 +170,19 @@ class RCFQuantize(torch.autograd.Function):
         else:
             shift, inv_scale = flat.new_zeros(()), flat.new_ones(())
         alpha = alpha.detach()
-        out, u, projected = _rcf_forward(flat, shift, inv_scale, alpha, lo, table.levels, table.bounds,
+        # lo and grad_outside enter the kernels as 0-d tensors: a compiled kernel given a Python
+        # float reused the clamp bound of another call (measured: signed weights clipped at 0).
+        lo_t, grad_outside_t = flat.new_tensor(lo), flat.new_tensor(grad_outside)
+        out, u, projected = _rcf_forward(flat, shift, inv_scale, alpha, lo_t, table.levels, table.bounds,
                                          table.first, table.inv_cell)
-        ctx.save_for_backward(u, projected, alpha, inv_scale)
-        ctx.params = (lo, grad_outside, weight_norm, v.shape, order)
+        ctx.save_for_backward(u, projected, alpha, inv_scale, lo_t, grad_outside_t)
+        ctx.params = (weight_norm, v.shape, order)
         return unflatten(out, v.shape, order)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
-        u, projected, alpha, inv_scale = ctx.saved_tensors
-        lo, grad_outside, weight_norm, shape, order = ctx.params
+        u, projected, alpha, inv_scale, lo, grad_outside = ctx.saved_tensors
+        weight_norm, shape, order = ctx.params
         grad_n, grad_alpha, sum_grad, sum_grad_n = _rcf_backward(u, projected, flatten(grad_out, order),
                                                                  alpha, lo, grad_outside)
         if weight_norm:
