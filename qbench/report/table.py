@@ -3,9 +3,11 @@
 A spec names the records it covers (``select``: dotted config keys → values), its columns
 (``columns``: label → the keys that define the column, e.g. ``{wbits: 2, abits: 2}``) and its
 rows (label, ``select`` for our runs — absent for rows that only quote the paper —, and the
-paper's numbers per column). Every cell shows our top-1 — the mean ± spread over seeds where
-several exist — with its Δ to our FP, beside the paper's number with its Δ to the paper's FP.
-A cell without a record shows ``—``, never 0.
+paper's numbers per column, with its own ``paper_fp`` where the rows are different networks).
+Every cell shows our top-1 — the mean ± spread over seeds where several exist — with its Δ to
+our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
+``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
+the cell's runs (e.g. ``weight_cosine_mean``). A cell without a record shows ``—``, never 0.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class Cell:
     values: list[float] = field(default_factory=list)
     fp: list[float] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
 
 
 def load_spec(name: str, table_dir: Path) -> dict:
@@ -81,6 +84,7 @@ def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
             if r["status"] == "ok":
                 cell.values.append(r["metrics"]["top1"])
                 cell.fp.append(r["fp"]["top1"])
+                cell.records.append(r)
         cells[key] = cell
     return cells
 
@@ -90,6 +94,14 @@ def _fmt(value: float | None, delta: float | None = None, spread: float | None =
         return MISSING
     text = f"{value:.2f}" if spread is None else f"{value:.2f} ± {spread:.2f}"
     return text if delta is None else f"{text} ({delta:+.2f})"
+
+
+def _extra_value(cell: Cell | None, key: str) -> float | None:
+    """Mean of the record field ``key`` (dotted) over the cell's finished runs that hold it."""
+    if cell is None:
+        return None
+    values = [v for v in (flatten(r).get(key) for r in cell.records) if v is not None]
+    return statistics.fmean(values) if values else None
 
 
 def _edge_caption(records: list[dict]) -> str:
@@ -117,13 +129,18 @@ def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
     fps = sorted({round(r["fp"]["top1"], 2) for r in used if r.get("fp")})
     paper_fp = spec.get("paper_fp")
     columns = list(spec["columns"])
-    header = ["Method"] + [f"{c} ours (Δ FP)" for c in columns] + [f"{c} paper (Δ FP)" for c in columns]
+    extras = spec.get("extra_columns") or {}
+    header = (["Method"] + [f"{c} ours (Δ FP)" for c in columns] + [f"{c} paper (Δ FP)" for c in columns]
+              + [f"{c} {label}" for label in extras for c in columns])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows_out = []
     for row in spec["rows"]:
-        ours, theirs = [], []
+        ours, theirs, extra_values = [], [], {}
+        row_paper_fp = row.get("paper_fp", paper_fp)
         for col in columns:
             cell = cells.get((row["label"], col))
+            for label, extra in extras.items():
+                extra_values[(label, col)] = _extra_value(cell, extra["field"])
             mean = spread = delta = None
             n = 0
             if cell is not None and cell.values:
@@ -136,14 +153,20 @@ def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
                 text = "diverged"
             ours.append(text)
             paper = (row.get("paper") or {}).get(col)
-            paper_delta = paper - paper_fp if paper is not None and paper_fp is not None else None
+            paper_delta = paper - row_paper_fp if paper is not None and row_paper_fp is not None else None
             theirs.append(_fmt(paper, paper_delta))
             rows_out.append({"row": row["label"], "column": col, "ours_top1": mean, "ours_spread": spread,
                              "seeds": n, "ours_delta_fp": delta, "paper_top1": paper,
-                             "paper_delta_fp": paper_delta})
+                             "paper_delta_fp": paper_delta,
+                             **{extra["field"]: extra_values[(label, col)] for label, extra in extras.items()}})
+        extra_texts = [MISSING if extra_values[(label, col)] is None
+                       else f"{extra_values[(label, col)]:.{extra.get('digits', 2)}f}"
+                       for label, extra in extras.items() for col in columns]
         label = row["label"] + (" (paper only)" if row.get("select") is None else "")
-        lines.append("| " + " | ".join([label] + ours + theirs) + " |")
+        lines.append("| " + " | ".join([label] + ours + theirs + extra_texts) + " |")
     fp_text = ", ".join(f"{v:.2f}" for v in fps) if fps else MISSING
+    if paper_fp is None and any("paper_fp" in row for row in spec["rows"]):
+        paper_fp = "per row"
     caption = [
         f"**{spec['title']}**",
         "",
