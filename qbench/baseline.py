@@ -23,6 +23,7 @@ from qbench.data import Data
 from qbench.engine import TrainSettings, evaluate, save_atomic, train
 from qbench.identity import baseline_config, config_hash
 from qbench.models import create_model, load_weights
+from qbench.validate import ConfigError
 
 
 @dataclass
@@ -50,7 +51,10 @@ def _build(cfg: dict, data: Data) -> nn.Module:
     pretrained = cfg["dataset"]["pretrained_fp"] and not weights
     model = create_model(cfg["model"]["name"], data.num_classes, data.in_chans, pretrained=pretrained)
     if weights:
-        load_weights(model, weights)
+        try:
+            load_weights(model, weights)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     return model
 
 

@@ -21,6 +21,10 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+SCHEDULES = ("cosine", "onecycle", "step", "exponential", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def lr_multiplier(step: int, steps_per_epoch: int, recipe: dict) -> float:
     """Learning-rate multiplier of the base lr at global ``step`` (pure function of the recipe).
 
@@ -45,7 +49,7 @@ def lr_multiplier(step: int, steps_per_epoch: int, recipe: dict) -> float:
     elif kind == "constant":
         m = 1.0
     else:
-        raise ValueError(f"unknown schedule {kind!r}; allowed: cosine, onecycle, step, exponential, constant")
+        raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
     warmup_steps = recipe.get("warmup_epochs", 0) * steps_per_epoch
     if warmup_steps and step < warmup_steps:
         m *= (step + 1) / warmup_steps
@@ -85,7 +89,7 @@ def build_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
                                nesterov=recipe.get("nesterov", False))
     if recipe["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=recipe["lr"])
-    raise ValueError(f"unknown optimizer {recipe['optimizer']!r}; allowed: sgd, adamw")
+    raise ValueError(f"unknown optimizer {recipe['optimizer']!r}; allowed: {', '.join(OPTIMIZERS)}")
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -122,11 +126,44 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, or its state does not match the model.
+    ``path`` names the file, so the caller can set it aside and start over."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"checkpoint {path} {reason}")
+        self.path = path
+
+
+def mismatch_reason(exc: BaseException) -> str:
+    """The line of a ``load_state_dict`` error that names the keys (else its first line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in lines if "key" in line.lower()), lines[0] if lines else type(exc).__name__)
+
+
 def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, read with ``weights_only=True`` (tensors, plain containers
+    and numbers only); raises :class:`CheckpointError` when it cannot be read."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise CheckpointError(path, f"is unreadable ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(path, "holds no model state")
+    return state
+
+
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, path: Path) -> int:
+    """Load model (strictly: a missing or extra key is an error), optimizer and random-number
+    state from a training checkpoint; returns the epoch to continue from."""
+    try:
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        random.setstate((state["rng_python"][0], tuple(state["rng_python"][1]), state["rng_python"][2]))
+        return int(state["epoch"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(path, f"does not match this run ({mismatch_reason(exc)})") from None
 
 
 @dataclass
@@ -138,12 +175,15 @@ class TrainSettings:
 
 
 def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
-          settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train") -> int:
+          settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train",
+          meta: dict | None = None) -> int:
     """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
     steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``),
-    checkpointing to ``run_dir/checkpoint.pt``
-    after each epoch and resuming from it when present. Returns the epoch it resumed at
-    (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss."""
+    checkpointing to ``run_dir/checkpoint.pt`` after each epoch and resuming from it when
+    present. ``meta`` (plain data: config, method options, precision plan, versions) is stored
+    beside the weights, so the checkpoint describes itself. Returns the epoch it resumed at
+    (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss and
+    :class:`CheckpointError` on a checkpoint it cannot resume from."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     optimizer = build_optimizer(model, recipe)
@@ -152,12 +192,7 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
         steps_per_epoch = min(steps_per_epoch, recipe["max_steps_per_epoch"])
     start_epoch = 0
     if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate((state["rng_python"][0], tuple(state["rng_python"][1]), state["rng_python"][2]))
-        start_epoch = state["epoch"]
+        start_epoch = restore(model, optimizer, load_checkpoint(ckpt_path), ckpt_path)
     else:
         torch.manual_seed(seed)
         random.seed(seed)
@@ -193,5 +228,5 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
         rng_py = random.getstate()
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "rng_torch": torch.get_rng_state(),
-                     "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]]}, ckpt_path)
+                     "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]], "meta": meta or {}}, ckpt_path)
     return start_epoch

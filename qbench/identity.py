@@ -5,7 +5,7 @@ import hashlib
 import json
 
 # Top-level keys that say how or where to run, never what is computed.
-NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits")
+NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits", "dry_run", "retries")
 DATASET_LOCATION_KEYS = ("root", "workers")
 
 

@@ -4,23 +4,26 @@ from __future__ import annotations
 import json
 import platform
 import time
+import traceback
 from pathlib import Path
 
 import torch
 
 from qbench.baseline import get_baseline
+from qbench.checkpoint import checkpoint_meta
 from qbench.data import build_data
-from qbench.engine import Diverged, TrainSettings, evaluate, train
-from qbench.identity import run_id
-from qbench.methods import Method, create_method
+from qbench.engine import CheckpointError, Diverged, TrainSettings, evaluate, train
+from qbench.methods import Method
 from qbench.models import model_spec
 from qbench.quant.convert import EdgeLayerPolicy, LayerPrecision, plan_precision
 from qbench.quant.kernels import compile_kernels
-from qbench.report.records import git_state, read_record, versions, write_record
-from qbench.validate import validate
+from qbench.report.records import git_state, versions, write_record
+from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
+from qbench.validate import ConfigError
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``runtime.device``: ``auto`` is CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -42,7 +45,8 @@ def qat_recipe(cfg: dict) -> dict:
     return recipe
 
 
-def _place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+def place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
+    """Move ``model`` to the run's device (and memory format)."""
     model = model.to(settings.device)
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
@@ -59,7 +63,7 @@ def prepare_and_calibrate(model: torch.nn.Module, method: Method, cfg: dict,
     plan = plan_precision(model, cfg["wbits"], cfg["abits"], spec.first_layer, spec.last_layer,
                           EdgeLayerPolicy(**q["first_layer"]), EdgeLayerPolicy(**q["last_layer"]),
                           tuple(q["skip_layers"]))
-    model = _place(method.prepare(model, plan), settings)
+    model = place(method.prepare(model, plan), settings)
     if not resuming:
         batches = (x.to(settings.device) for x in calibration)
         train_mode = method.trains and not cfg["recipe"]["qat"].get("freeze_bn", False)
@@ -73,6 +77,21 @@ def say(message: str) -> None:
     print(f"[qbench] {message}", flush=True)
 
 
+def settings_of(cfg: dict) -> TrainSettings:
+    """Apply ``runtime.*`` to this process (quantizer kernels, threads); the trainer's settings."""
+    rt = cfg["runtime"]
+    compile_kernels(rt["compile_quantizers"])
+    if rt["threads"]:
+        torch.set_num_threads(rt["threads"])
+    return TrainSettings(resolve_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first non-empty line of the message`` — the error line of a failed record."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def run(cfg: dict) -> dict:
     """Run one experiment and return its record (also written to ``paths.records_dir``).
 
@@ -80,51 +99,94 @@ def run(cfg: dict) -> dict:
     ``config: 4`` appears with its ``act_signed``, ``act_asymmetric`` and ``offset``), and the
     run's identity is computed from that, so two spellings of one experiment are one run.
 
-    A cell whose record already says ``ok`` is reported and skipped unless ``force`` is set;
-    an interrupted one resumes from its checkpoint in ``<runs_dir>/runs/<run id>/``.
+    ``dry_run``: print the cell's state (:mod:`qbench.sweep`) and return it; nothing runs and
+    nothing is written. A cell whose record already says ``ok`` is reported and skipped unless
+    ``force`` is set; an interrupted one resumes from its checkpoint in
+    ``<runs_dir>/runs/<run id>/``. An unreadable record is reported and the cell runs again; an
+    unusable checkpoint is set aside (``checkpoint.pt.corrupt``) and the cell starts over. A
+    crash (any exception but a :class:`ConfigError`) is retried ``retries`` times, then
+    recorded as ``failed`` with its error line (traceback in the run folder's ``error.log``).
     """
-    validate(cfg)
-    method = create_method(cfg["method"])
-    cfg = {**cfg, "method": method.options()}
-    rid = run_id(cfg, method.quantizes)
-    record_path = Path(cfg["paths"]["records_dir"]) / f"{rid}.json"
-    if record_path.exists() and not cfg["force"]:
-        previous = read_record(record_path)
-        if previous["status"] == "ok":
-            say(f"run {rid} is already done: top-1 {previous['metrics']['top1']:.2f} "
-                f"(FP {previous['fp']['top1']:.2f}); record {record_path} (force=true reruns it)")
-            return previous
-    rt = cfg["runtime"]
-    compile_kernels(rt["compile_quantizers"])
-    if rt["threads"]:
-        torch.set_num_threads(rt["threads"])
-    settings = TrainSettings(_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])
-    run_dir = Path(cfg["paths"]["runs_dir"]) / "runs" / rid
+    cell = prepare_cell(cfg)
+    if cfg["dry_run"]:
+        say(dry_run_line(cell))
+        return {"run_id": cell.run_id, "status": "dry_run"}
+    previous, problem = previous_record(cell)
+    if problem:
+        say(f"{problem}; running the cell again")
+    if previous is not None and previous["status"] == "ok" and not cfg["force"]:
+        say(f"run {cell.run_id} is already done: top-1 {previous['metrics']['top1']:.2f} "
+            f"(FP {previous['fp']['top1']:.2f}); record {cell.record_path} (force=true reruns it)")
+        return previous
+    crashes = 0
+    while True:
+        try:
+            return execute(cell, attempt=crashes + 1)
+        except ConfigError:
+            raise
+        except CheckpointError as exc:
+            say(f"{exc}; set aside as {set_aside(exc.path).name}, starting over")
+        except Exception as exc:  # a crash: retried, then recorded; the sweep goes on
+            crashes += 1
+            error = first_line(exc)
+            cell.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(cell.run_dir / "error.log", "a") as log:
+                log.write(f"attempt {crashes}:\n{traceback.format_exc()}\n")
+            retrying = crashes <= cfg["retries"]
+            say(f"run {cell.run_id} crashed (attempt {crashes} of {cfg['retries'] + 1}): {error}"
+                + ("; retrying" if retrying else ""))
+            if not retrying:
+                return failed(cell, error, crashes)
+
+
+def failed(cell: Cell, error: str, attempts: int) -> dict:
+    """Write and return the record of a cell that crashed on every attempt."""
+    record = {
+        "run_id": cell.run_id, "status": "failed", "config": cell.cfg, "metrics": None, "fp": None,
+        "error": error, "attempts": attempts, "error_log": str(cell.run_dir / "error.log"),
+        "seed": cell.cfg["seed"], "versions": versions(), "git": git_state(), "host": platform.node(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_record(record, cell.record_path)
+    say(f"run {cell.run_id} failed: {error}; record {cell.record_path}")
+    return record
+
+
+def execute(cell: Cell, attempt: int = 1) -> dict:
+    """Compute the cell: data, FP baseline, prepare and calibrate, fine-tune, evaluate; write
+    and return its record. Input errors found on the way (data, weights file) are
+    :class:`ConfigError`; a NaN loss gives a ``diverged`` record."""
+    cfg, method, rid = cell.cfg, cell.method, cell.run_id
+    settings = settings_of(cfg)
+    run_dir = cell.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     started = time.time()
     provenance = {"versions": versions(), "git": git_state()}
     torch.manual_seed(cfg["seed"])
     recipe = cfg["recipe"]
-    data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"],
-                      cfg["calib"]["num_images"], cfg["calib"]["seed"], cfg["seed"])
-    say(f"run {rid}: {cfg['method']['name']} {cfg['model']['name']} on {cfg['dataset']['name']}"
-        + (f" W{cfg['wbits']}A{cfg['abits']}" if method.quantizes else ""))
+    try:
+        data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"],
+                          cfg["calib"]["num_images"], cfg["calib"]["seed"], cfg["seed"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    say(f"run {rid}: {cell.label()}")
     baseline = get_baseline(cfg, data, settings, _tensorboard)
     say(f"FP baseline {baseline.key}: top-1 {baseline.metrics['top1']:.2f}")
     model = baseline.fresh_copy()
-    status, extra = "ok", {}
+    status, extra, plan = "ok", {}, {}
     writer = _tensorboard(run_dir / "tb")
     try:
         if method.quantizes:
             model, plan = prepare_and_calibrate(model, method, cfg, data.calibration, settings,
-                                                writer, resuming=(run_dir / "checkpoint.pt").exists())
+                                                writer, resuming=cell.checkpoint.exists())
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
             extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
         else:
-            model = _place(model, settings)
+            model = place(model, settings)
         if method.trains:
-            resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer, tag="qat")
+            resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer,
+                               tag="qat", meta=checkpoint_meta(cfg, rid, plan))
             extra["resumed_at_epoch"] = resumed_at
         if method.quantizes:
             extra.update(method.report(model))
@@ -141,6 +203,7 @@ def run(cfg: dict) -> dict:
         "metrics": metrics,
         "fp": {**baseline.metrics, "baseline_key": baseline.key, "weights_sha256": baseline.weights_sha256},
         "seed": cfg["seed"],
+        "attempts": attempt,
         "wall_time_s": round(time.time() - started, 1),
         **provenance,
         "host": platform.node(),
@@ -148,10 +211,10 @@ def run(cfg: dict) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    write_record(record, record_path)
+    write_record(record, cell.record_path)
     if status == "ok":
         say(f"FP top-1 {baseline.metrics['top1']:.2f} | quantized top-1 {metrics['top1']:.2f} | "
-            f"difference {metrics['top1'] - baseline.metrics['top1']:+.2f} | record {record_path}")
+            f"difference {metrics['top1'] - baseline.metrics['top1']:+.2f} | record {cell.record_path}")
     else:
-        say(f"run {rid} {status}: {extra.get('reason')}; record {record_path}")
+        say(f"run {rid} {status}: {extra.get('reason')}; record {cell.record_path}")
     return record

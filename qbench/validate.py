@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qbench.engine import OPTIMIZERS, SCHEDULES
 from qbench.models import MODELS
 
 BITS_RANGE = range(2, 9)
+DATASETS = ("fashion_mnist", "cifar10", "imagenet")
 
 
 class ConfigError(ValueError):
@@ -28,8 +30,27 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False, allo
         raise ConfigError(f"{name}={value!r} is not allowed; use an integer ≥ {low}")
 
 
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; use one of {', '.join(allowed)}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not allowed; use true or false")
+
+
+def _is_image_folder(root: str | None) -> bool:
+    return bool(root) and all((Path(root) / part).is_dir() for part in ("train", "val"))
+
+
 def validate(cfg: dict) -> None:
     """Raise :class:`ConfigError` on the first wrong field of a resolved config."""
+    _check_bool("force", cfg["force"])
+    _check_bool("dry_run", cfg["dry_run"])
+    _check_positive_int("retries", cfg["retries"], allow_zero=True)
+    _check_positive_int("seed", cfg["seed"], allow_zero=True)
+    _check_choice("dataset.name", cfg["dataset"]["name"], DATASETS)
     _check_bits("wbits", cfg["wbits"])
     _check_bits("abits", cfg["abits"])
     for edge in ("first_layer", "last_layer"):
@@ -45,6 +66,8 @@ def validate(cfg: dict) -> None:
             _check_positive_int(f"recipe.{phase}.epochs", recipe[phase]["epochs"], allow_zero=True)
             _check_positive_int(f"recipe.{phase}.max_steps_per_epoch", recipe[phase].get("max_steps_per_epoch"),
                                 allow_null=True)
+            _check_choice(f"recipe.{phase}.schedule", recipe[phase]["schedule"], SCHEDULES)
+            _check_choice(f"recipe.{phase}.optimizer", recipe[phase]["optimizer"], OPTIMIZERS)
             lr = recipe[phase]["lr"]
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
                 raise ConfigError(f"recipe.{phase}.lr={lr!r} is not allowed; use a number > 0")
@@ -55,8 +78,8 @@ def validate(cfg: dict) -> None:
     for name in ("train_limit", "val_limit"):
         _check_positive_int(f"dataset.{name}", cfg["dataset"].get(name), allow_null=True)
     root = cfg["dataset"].get("root")
-    if root and not Path(root).is_dir() and cfg["dataset"]["name"] == "imagenet":
-        raise ConfigError(f"dataset.root={root} is not a folder; give an ImageFolder root with train/ and val/")
+    if cfg["dataset"]["name"] == "imagenet" and not _is_image_folder(root):
+        raise ConfigError(f"dataset.root={root} is not a folder with train/ and val/; give an ImageFolder root")
     weights = cfg["model"]["weights"]
     if weights and not Path(weights).is_file():
         raise ConfigError(f"model.weights={weights} is not a file; give a saved state dict")

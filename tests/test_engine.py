@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from qbench.engine import Diverged, TrainSettings, build_optimizer, lr_multiplier, train
+from qbench.engine import CheckpointError, Diverged, TrainSettings, build_optimizer, lr_multiplier, train
 from qbench.quant import LearnedStepQuantizer, Observation
 
 
@@ -105,3 +105,17 @@ def test_freeze_bn_keeps_running_statistics(tmp_path):
     torch.testing.assert_close(model[1].running_mean, before)
     train(model, ListBatches(), recipe(epochs=1), tmp_path / "free", settings, seed=0)
     assert not torch.allclose(model[1].running_mean, before)
+
+
+def test_a_checkpoint_that_does_not_match_is_a_checkpoint_error(tmp_path):
+    settings = TrainSettings(torch.device("cpu"), progress=False)
+    train(Tiny(), ListBatches(), recipe(epochs=1), tmp_path, settings, seed=0, meta={"run_id": "abc"})
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["meta"] == {"run_id": "abc"} and state["model"]["q.initialized"]
+    del state["model"]["q.step"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"does not match this run \(Missing key.*q\.step"):
+        train(Tiny(), ListBatches(), recipe(epochs=2), tmp_path, settings, seed=0)
+    (tmp_path / "checkpoint.pt").write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match="is unreadable"):
+        train(Tiny(), ListBatches(), recipe(epochs=2), tmp_path, settings, seed=0)

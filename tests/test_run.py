@@ -87,9 +87,30 @@ def qbench(*args, tmp_path):
     (["method=lsqplus", "method.config=7"], "method.config=7 is not allowed; use 1, 2, 3 or 4"),
     (["method=lsqplus", "method.offset=median"], "method.offset='median' is not allowed"),
     (["method=apot", "method.levels=lloyd"], "method.levels='lloyd' is not allowed"),
+    (["bits=0"], "wbits=0 is not allowed; use an integer from 2 to 8"),
+    (["bits=four"], "wbits='four' is not allowed; use an integer from 2 to 8"),
+    (["wbits=1"], "wbits=1 is not allowed; use an integer from 2 to 8"),
+    (["abits=12"], "abits=12 is not allowed; use an integer from 2 to 8"),
+    (["quant.first_layer.weight_bits=16"], "quant.first_layer.weight_bits=16 is not allowed"),
+    (["dataset=svhn"], "dataset=svhn is unknown; allowed: cifar10, fashion_mnist, imagenet"),
+    (["recipe=fast"], "recipe=fast is unknown; allowed:"),
+    (["experiment=lsq_vgg"], "experiment=lsq_vgg is unknown; allowed:"),
+    (["recipe.fp.epochs=-2"], "recipe.fp.epochs=-2 is not allowed; use an integer ≥ 0"),
+    (["recipe.eval_batch_size=0"], "recipe.eval_batch_size=0 is not allowed; use an integer ≥ 1"),
+    (["recipe.qat.lr=0"], "recipe.qat.lr=0 is not allowed; use a number > 0"),
+    (["recipe.qat.schedule=zigzag"], "recipe.qat.schedule='zigzag' is not allowed; use one of cosine,"),
+    (["recipe.qat.optimizer=lion"], "recipe.qat.optimizer='lion' is not allowed; use one of sgd, adamw"),
+    (["calib.num_images=0"], "calib.num_images=0 is not allowed; use an integer ≥ 1"),
+    (["dataset=imagenet", "dataset.root=/nonexistent"], "dataset.root=/nonexistent is not a folder with train/"),
+    (["model.weights={tmp}/corrupt.pt"], "is not a readable PyTorch state dict"),
+    (["method.act_signed=maybe"], "method.act_signed must be one of false, true, auto; got 'maybe'"),
+    (["runtime.device=tpu"], "runtime.device='tpu' is not allowed; use auto, cpu or cuda"),
+    (["retries=-1"], "retries=-1 is not allowed; use an integer ≥ 0"),
+    (["seeds=0"], "seeds='0' is not allowed; use an integer ≥ 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
-    result = qbench(*args, tmp_path=tmp_path)
+    (tmp_path / "corrupt.pt").write_bytes(b"not a state dict")
+    result = qbench("runtime.device=cpu", *(a.format(tmp=tmp_path) for a in args), tmp_path=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qbench: error: ") and message in lines[0], result.stderr
