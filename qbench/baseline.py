@@ -58,6 +58,14 @@ def _build(cfg: dict, data: Data) -> nn.Module:
     return model
 
 
+def fp_recipe(cfg: dict) -> dict:
+    """``recipe.fp`` with the model's own ``fp_lr`` where its config sets one."""
+    recipe = {**cfg["recipe"]["fp"]}
+    if cfg["model"].get("fp_lr") is not None:
+        recipe["lr"] = cfg["model"]["fp_lr"]
+    return recipe
+
+
 def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=None) -> Baseline:
     key = config_hash(baseline_config(cfg))
     directory = Path(cfg["paths"]["runs_dir"]) / "baselines" / f"{cfg['model']['name']}-{cfg['dataset']['name']}-{key}"
@@ -70,7 +78,7 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
                 model = model.to(memory_format=torch.channels_last)
             trains = not cfg["dataset"]["pretrained_fp"] and not cfg["model"]["weights"]
             if trains:
-                recipe = {**cfg["recipe"]["fp"]}
+                recipe = fp_recipe(cfg)
                 writer = writer_factory(directory / "tb") if writer_factory else None
                 train(model, data.train, recipe, directory, settings, cfg["baseline_seed"], writer, tag="fp")
                 if writer is not None:
