@@ -3,7 +3,8 @@
 A fine-tuning checkpoint (``<runs_dir>/runs/<run id>/checkpoint.pt``) holds, beside the
 model, optimizer and random-number state, a ``meta`` dict of plain data: the resolved config
 (method options as the method resolved them), the precision plan of every quantized layer
-(weight bits, input bits, signed input) and the library versions. That suffices to rebuild the
+(weight bits, input bits, signed input), the library versions and the git state of the code
+that wrote it (a resume under other code is reported in the record). That suffices to rebuild the
 quantized network without the run's config files or its FP baseline: build the float model by
 name, apply the method's ``prepare`` with the plan, load the state strictly. Quantizer state
 that is not a parameter (``initialized``, a signedness chosen at calibration) is in the state
@@ -19,7 +20,7 @@ from qbench.engine import CheckpointError, load_checkpoint, mismatch_reason
 from qbench.methods import create_method
 from qbench.models import create_model
 from qbench.quant.convert import LayerPrecision
-from qbench.report.records import versions
+from qbench.report.records import git_state, versions
 
 FORMAT = 1
 
@@ -33,7 +34,14 @@ def checkpoint_meta(cfg: dict, rid: str, plan: dict[str, LayerPrecision]) -> dic
         "method": cfg["method"],
         "plan": {name: [p.weight_bits, p.input_bits, p.input_signed] for name, p in plan.items()},
         "versions": versions(),
+        "git": git_state(),
     }
+
+
+def checkpoint_git(path: Path) -> dict | None:
+    """The git state stored in the checkpoint at ``path`` (None for a file without one)."""
+    meta = load_checkpoint(path).get("meta") or {}
+    return meta.get("git")
 
 
 def rebuild(path: Path) -> tuple[nn.Module, dict]:

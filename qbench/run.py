@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from qbench.baseline import get_baseline
-from qbench.checkpoint import checkpoint_meta
+from qbench.checkpoint import checkpoint_git, checkpoint_meta
 from qbench.data import build_data
 from qbench.engine import CheckpointError, Diverged, TrainSettings, evaluate, train
 from qbench.methods import Method
@@ -184,6 +184,12 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
             extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
         else:
             model = place(model, settings)
+        if method.trains and cell.checkpoint.exists():
+            written_by = checkpoint_git(cell.checkpoint)
+            if written_by and written_by != provenance["git"]:
+                say(f"resuming from a checkpoint written by commit {written_by['commit']} "
+                    f"(dirty: {written_by['dirty']}); this code is {provenance['git']['commit']}")
+                extra["resumed_from_git"] = written_by
         if method.trains:
             resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer,
                                tag="qat", meta=checkpoint_meta(cfg, rid, plan))

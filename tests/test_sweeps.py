@@ -172,3 +172,20 @@ def test_submitit_local_launcher_completes(tmp_path):
                  tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [r["status"] for r in records(tmp_path)] == ["ok"]
+
+
+def test_a_resume_under_other_code_is_reported_in_the_record(make_config, capsys):
+    from qbench.run import run
+
+    cfg = make_config()
+    first = run(cfg)
+    cell = prepare_cell(cfg)
+    assert "resumed_from_git" not in first
+    state = torch.load(cell.checkpoint, weights_only=True)
+    assert state["meta"]["git"] == first["git"]
+    state["meta"]["git"] = {"commit": "0" * 40, "dirty": False}
+    torch.save(state, cell.checkpoint)
+    cell.record_path.unlink()
+    resumed = run(cfg)
+    assert resumed["resumed_from_git"] == {"commit": "0" * 40, "dirty": False}
+    assert f"written by commit {'0' * 40}" in capsys.readouterr().out
