@@ -11,9 +11,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from qbench.data import BatchSource
+from qbench.distributed import World, barrier, mean_over_ranks, rank_slice
 from qbench.quant.base import Quantizer
 
 
@@ -176,14 +178,17 @@ class TrainSettings:
 
 def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
           settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train",
-          meta: dict | None = None) -> int:
+          meta: dict | None = None, world: World = World()) -> int:
     """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
     steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``),
     checkpointing to ``run_dir/checkpoint.pt`` after each epoch and resuming from it when
     present. ``meta`` (plain data: config, method options, precision plan, versions) is stored
     beside the weights, so the checkpoint describes itself. Returns the epoch it resumed at
     (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss and
-    :class:`CheckpointError` on a checkpoint it cannot resume from."""
+    :class:`CheckpointError` on a checkpoint it cannot resume from.
+
+    Under torchrun (``world``): DDP over the ranks, each taking its slice of every global batch;
+    only rank 0 shows progress and writes the checkpoint (:mod:`qbench.distributed`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     optimizer = build_optimizer(model, recipe)
@@ -196,10 +201,14 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
     else:
         torch.manual_seed(seed)
         random.seed(seed)
+    net = model
+    if world.parallel:
+        gpu = [settings.device.index] if settings.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=gpu)
     for epoch in range(start_epoch, recipe["epochs"]):
         set_train_mode(model, recipe.get("freeze_bn", False))
         bar = tqdm(total=steps_per_epoch, desc=f"{tag} epoch {epoch + 1}/{recipe['epochs']}",
-                   disable=not settings.progress, leave=False)
+                   disable=not (settings.progress and world.is_main), leave=False)
         loss_sum = torch.zeros((), device=settings.device)
         for i, (x, y) in enumerate(train_batches.batches(epoch)):
             if i >= steps_per_epoch:
@@ -208,15 +217,16 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
             m = lr_multiplier(step, steps_per_epoch, recipe)
             for g in optimizer.param_groups:
                 g["lr"] = recipe["lr"] * m * g["lr_scale"]
+            x, y = rank_slice(x, y, world)
             x, y = _to_device(x, settings.device, settings.channels_last), y.to(settings.device)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
             bar.update()
             if (i + 1) % settings.log_every == 0 or i + 1 == steps_per_epoch:
-                mean_loss = loss_sum.item() / (i + 1)
+                mean_loss = mean_over_ranks(loss_sum, world).item() / (i + 1)
                 if not math.isfinite(mean_loss):
                     bar.close()
                     raise Diverged(f"loss became {mean_loss} in epoch {epoch + 1}")
@@ -226,7 +236,9 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
                     writer.add_scalar(f"{tag}/lr", recipe["lr"] * m, step)
         bar.close()
         rng_py = random.getstate()
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch + 1, "rng_torch": torch.get_rng_state(),
-                     "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]], "meta": meta or {}}, ckpt_path)
+        if world.is_main:
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "rng_torch": torch.get_rng_state(),
+                         "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]], "meta": meta or {}}, ckpt_path)
+        barrier(world)
     return start_epoch

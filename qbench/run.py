@@ -5,6 +5,7 @@ import json
 import platform
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from qbench.baseline import get_baseline
 from qbench.checkpoint import checkpoint_git, checkpoint_meta
 from qbench.data import build_data
+from qbench.distributed import current_world, init_world, rank_device
 from qbench.engine import CheckpointError, Diverged, TrainSettings, evaluate, train
 from qbench.methods import Method
 from qbench.models import model_spec
@@ -67,14 +69,18 @@ def prepare_and_calibrate(model: torch.nn.Module, method: Method, cfg: dict,
     if not resuming:
         batches = (x.to(settings.device) for x in calibration)
         train_mode = method.trains and not cfg["recipe"]["qat"].get("freeze_bn", False)
-        for name, values in method.calibrate(model, batches, train_mode).items():
-            for param, value in values.items():
-                writer.add_scalar(f"init/{name}.{param}", value, 0)
+        initial = method.calibrate(model, batches, train_mode)
+        if writer is not None:
+            for name, values in initial.items():
+                for param, value in values.items():
+                    writer.add_scalar(f"init/{name}.{param}", value, 0)
     return model, plan
 
 
 def say(message: str) -> None:
-    print(f"[qbench] {message}", flush=True)
+    """One progress line (rank 0 only under torchrun)."""
+    if current_world().is_main:
+        print(f"[qbench] {message}", flush=True)
 
 
 def settings_of(cfg: dict) -> TrainSettings:
@@ -147,7 +153,8 @@ def failed(cell: Cell, error: str, attempts: int) -> dict:
         "seed": cell.cfg["seed"], "versions": versions(), "git": git_state(), "host": platform.node(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_record(record, cell.record_path)
+    if current_world().is_main:
+        write_record(record, cell.record_path)
     say(f"run {cell.run_id} failed: {error}; record {cell.record_path}")
     return record
 
@@ -158,9 +165,12 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     :class:`ConfigError`; a NaN loss gives a ``diverged`` record."""
     cfg, method, rid = cell.cfg, cell.method, cell.run_id
     settings = settings_of(cfg)
+    world = init_world(settings.device)
+    settings = replace(settings, device=rank_device(settings.device, world))
     run_dir = cell.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if world.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     started = time.time()
     provenance = {"versions": versions(), "git": git_state()}
     torch.manual_seed(cfg["seed"])
@@ -175,7 +185,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     say(f"FP baseline {baseline.key}: top-1 {baseline.metrics['top1']:.2f}")
     model = baseline.fresh_copy()
     status, extra, plan = "ok", {}, {}
-    writer = _tensorboard(run_dir / "tb")
+    writer = _tensorboard(run_dir / "tb") if world.is_main else None
     try:
         if method.quantizes:
             model, plan = prepare_and_calibrate(model, method, cfg, data.calibration, settings,
@@ -192,7 +202,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
                 extra["resumed_from_git"] = written_by
         if method.trains:
             resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer,
-                               tag="qat", meta=checkpoint_meta(cfg, rid, plan))
+                               tag="qat", meta=checkpoint_meta(cfg, rid, plan), world=world)
             extra["resumed_at_epoch"] = resumed_at
         if method.quantizes:
             extra.update(method.report(model))
@@ -201,7 +211,8 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
         status, metrics = "diverged", None
         extra["reason"] = str(exc)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     record = {
         "run_id": rid,
         "status": status,
@@ -214,10 +225,13 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
         **provenance,
         "host": platform.node(),
         "device": str(settings.device),
+        "world_size": world.size,
+        "effective_batch_size": recipe["batch_size"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
     }
-    write_record(record, cell.record_path)
+    if world.is_main:
+        write_record(record, cell.record_path)
     if status == "ok":
         say(f"FP top-1 {baseline.metrics['top1']:.2f} | quantized top-1 {metrics['top1']:.2f} | "
             f"difference {metrics['top1'] - baseline.metrics['top1']:+.2f} | record {cell.record_path}")

@@ -189,3 +189,20 @@ def test_a_resume_under_other_code_is_reported_in_the_record(make_config, capsys
     resumed = run(cfg)
     assert resumed["resumed_from_git"] == {"commit": "0" * 40, "dirty": False}
     assert f"written by commit {'0' * 40}" in capsys.readouterr().out
+
+
+def test_two_process_gloo_ddp_run_writes_one_record(tmp_path):
+    args = [*TINY, "recipe.qat.epochs=2", "runtime.threads=1",
+            f"paths.runs_dir={tmp_path}/runs", f"paths.records_dir={tmp_path}/records"]
+    result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "qbench", *args],
+                            capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = list((tmp_path / "records").glob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["status"] == "ok" and record["world_size"] == 2
+    assert record["effective_batch_size"] == 32
+    assert result.stdout.count("[qbench] run ") == 1
+    state = torch.load(tmp_path / "runs" / "runs" / record["run_id"] / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and not any(k.startswith("module.") for k in state["model"])
