@@ -14,6 +14,11 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the field and what is allowed."""
 
 
+def _check_positive_number(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{field}={value!r} is not allowed; use a number > 0")
+
+
 def _check_bits(name: str, value: object, allow_null: bool = False) -> None:
     if value is None and allow_null:
         return
@@ -68,9 +73,9 @@ def validate(cfg: dict) -> None:
                                 allow_null=True)
             _check_choice(f"recipe.{phase}.schedule", recipe[phase]["schedule"], SCHEDULES)
             _check_choice(f"recipe.{phase}.optimizer", recipe[phase]["optimizer"], OPTIMIZERS)
-            lr = recipe[phase]["lr"]
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-                raise ConfigError(f"recipe.{phase}.lr={lr!r} is not allowed; use a number > 0")
+            _check_positive_number(f"recipe.{phase}.lr", recipe[phase]["lr"])
+    if cfg["model"].get("fp_lr") is not None:
+        _check_positive_number("model.fp_lr", cfg["model"]["fp_lr"])
     if not cfg["dataset"]["pretrained_fp"] and not cfg["model"]["weights"] and not recipe.get("fp"):
         raise ConfigError(f"recipe {recipe['name']} has no fp section, but dataset "
                           f"{cfg['dataset']['name']} needs a trained FP baseline")

@@ -98,6 +98,7 @@ def qbench(*args, tmp_path):
     (["recipe.fp.epochs=-2"], "recipe.fp.epochs=-2 is not allowed; use an integer ≥ 0"),
     (["recipe.eval_batch_size=0"], "recipe.eval_batch_size=0 is not allowed; use an integer ≥ 1"),
     (["recipe.qat.lr=0"], "recipe.qat.lr=0 is not allowed; use a number > 0"),
+    (["model=mixnet_s", "model.fp_lr=-0.1"], "model.fp_lr=-0.1 is not allowed; use a number > 0"),
     (["recipe.qat.schedule=zigzag"], "recipe.qat.schedule='zigzag' is not allowed; use one of cosine,"),
     (["recipe.qat.optimizer=lion"], "recipe.qat.optimizer='lion' is not allowed; use one of sgd, adamw"),
     (["calib.num_images=0"], "calib.num_images=0 is not allowed; use an integer ≥ 1"),
