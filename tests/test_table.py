@@ -3,7 +3,7 @@ import pytest
 
 from qbench.report.cli import CONF_TABLES, main
 from qbench.report.records import load_records, records_frame, write_record
-from qbench.report.table import load_spec, render
+from qbench.report.table import load_spec, narrow_spec, render
 
 SPEC = {
     "name": "demo", "title": "Demo", "paper": "Someone 2020", "paper_fp": 70.0,
@@ -47,6 +47,15 @@ def test_halfrange_spread():
     assert "87.00 ± 2.00" in text
 
 
+def test_seeds_group_when_the_calibration_seed_follows_the_seed():
+    def seeded(seed, calib_seed, top1):
+        return record(4, top1, seed=seed, extra={"calib": {"seed": calib_seed, "num_images": 1024}})
+    text, _ = render(SPEC, [seeded(0, 0, 89.0), seeded(1, 1, 88.0)])
+    assert "88.50 ± 0.71" in text
+    with pytest.raises(ValueError, match="differ in calib.seed"):
+        render(SPEC, [seeded(0, 0, 89.0), seeded(1, 7, 88.0)])
+
+
 def test_a_cell_mixing_different_runs_is_an_error():
     records = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 88.0, extra={"recipe": {"name": "b"}})]
     with pytest.raises(ValueError, match="differ in recipe.name"):
@@ -65,6 +74,23 @@ def test_cli_writes_markdown_and_csv_and_skips_a_corrupt_record(tmp_path, capsys
     assert len(records_frame(records)) == 1
     assert main(["no_such_table", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "o")]) == 2
     assert "unknown table 'no_such_table'; allowed: " in capsys.readouterr().err
+
+
+def test_select_renders_the_same_table_from_another_recipe(tmp_path, capsys):
+    spec = {**SPEC, "command": "qbench -m experiment=demo"}
+    records = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 80.0, extra={"recipe": {"name": "b"}})]
+    text, _ = render(narrow_spec(spec, {"recipe.name": "b"}), records)
+    assert "| LSQ | — | 80.00 (-10.00) |" in text
+    assert "beyond the spec" in text and "recipe.name=b" in text
+    assert "`qbench -m experiment=demo recipe=b` then `qbench-table demo --select recipe.name=b`" in text
+    for r in records:
+        write_record(r, tmp_path / "rec" / f"{r['config']['recipe']['name']}.json")
+    args = ["--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]
+    assert main(["lsq_resnet18", "--select", "recipe.name=b", *args]) == 0
+    assert (tmp_path / "out" / "lsq_resnet18--b.md").exists() and (tmp_path / "out" / "lsq_resnet18--b.csv").exists()
+    with pytest.raises(SystemExit):
+        main(["lsq_resnet18", "--select", "recipe.name", *args])
+    assert "is not KEY=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF_TABLES.glob("*.yaml")))

@@ -32,6 +32,14 @@ class Cell:
     records: list[dict] = field(default_factory=list)
 
 
+def narrow_spec(spec: dict, narrowed: dict) -> dict:
+    """``spec`` with ``narrowed`` (dotted config key → value) added to its ``select``, e.g. the
+    same table rendered from the runs of another recipe. The caption and the command line say so."""
+    if not narrowed:
+        return spec
+    return {**spec, "select": {**spec.get("select", {}), **narrowed}, "narrowed": dict(narrowed)}
+
+
 def load_spec(name: str, table_dir: Path) -> dict:
     path = table_dir / f"{name}.yaml"
     if not path.is_file():
@@ -53,10 +61,13 @@ def _spread(values: list[float], kind: str) -> float:
 
 
 def _identity_without_seed(record: dict) -> tuple:
+    """The run's config minus the seed, launcher settings and paths. The calibration seed
+    counts as part of the seed where it follows it (``calib.seed: ${seed}``, the default)."""
     flat = flatten(record["config"])
     drop = ("runtime.", "paths.", "force", "bits", "hydra.")
+    ignored = IGNORED_FOR_GROUPING + (("calib.seed",) if flat.get("calib.seed") == flat.get("seed") else ())
     return tuple(sorted((k, str(v)) for k, v in flat.items()
-                        if k not in IGNORED_FOR_GROUPING and not k.startswith(drop)))
+                        if k not in ignored and not k.startswith(drop)))
 
 
 def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
@@ -178,5 +189,12 @@ def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
         "where several exist; Δ FP is each number minus its own FP baseline; — marks a cell not run.",
         "",
     ]
-    footer = ["", f"Made by: `{spec['command']}` then `qbench-table {spec['name']}`."] if spec.get("command") else []
+    narrowed = spec.get("narrowed") or {}
+    if narrowed:
+        caption.insert(-1, "Runs selected beyond the spec (they take precedence over the description above): "
+                       + ", ".join(f"{k}={v}" for k, v in narrowed.items()) + ".")
+    sweep_args = "".join(f" {k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in narrowed.items())
+    table_args = "".join(f" --select {k}={v}" for k, v in narrowed.items())
+    footer = (["", f"Made by: `{spec['command']}{sweep_args}` then `qbench-table {spec['name']}{table_args}`."]
+              if spec.get("command") else [])
     return "\n".join(caption + lines + footer) + "\n", pd.DataFrame(rows_out)
