@@ -180,7 +180,8 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
           settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train",
           meta: dict | None = None, world: World = World()) -> int:
     """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
-    steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``),
+    steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``;
+    the global gradient norm clipped to ``grad_clip_norm`` where it sets one),
     checkpointing to ``run_dir/checkpoint.pt`` after each epoch and resuming from it when
     present. ``meta`` (plain data: config, method options, precision plan, versions) is stored
     beside the weights, so the checkpoint describes itself. Returns the epoch it resumed at
@@ -222,6 +223,8 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
             loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.get("grad_clip_norm"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip_norm"])
             optimizer.step()
             loss_sum += loss.detach()
             bar.update()

@@ -74,6 +74,8 @@ def validate(cfg: dict) -> None:
             _check_choice(f"recipe.{phase}.schedule", recipe[phase]["schedule"], SCHEDULES)
             _check_choice(f"recipe.{phase}.optimizer", recipe[phase]["optimizer"], OPTIMIZERS)
             _check_positive_number(f"recipe.{phase}.lr", recipe[phase]["lr"])
+            if recipe[phase].get("grad_clip_norm") is not None:
+                _check_positive_number(f"recipe.{phase}.grad_clip_norm", recipe[phase]["grad_clip_norm"])
     if cfg["model"].get("fp_lr") is not None:
         _check_positive_number("model.fp_lr", cfg["model"]["fp_lr"])
     if not cfg["dataset"]["pretrained_fp"] and not cfg["model"]["weights"] and not recipe.get("fp"):

@@ -97,6 +97,28 @@ def test_diverged_loss_stops_training(tmp_path):
         train(model, ListBatches(), recipe(), tmp_path, settings, seed=0)
 
 
+def test_grad_clip_norm_bounds_each_update(tmp_path):
+    """Plain SGD at lr 1 on a loss scaled up 1e4: the first step moves the parameters by the
+    gradient itself, so with clipping the change has exactly the clipping norm."""
+    class Loud(Tiny):
+        def forward(self, x):
+            return super().forward(x) * 1e4
+
+    settings = TrainSettings(torch.device("cpu"), progress=False)
+    moves = {}
+    for clip in (None, 0.5):
+        model = Loud()
+        torch.manual_seed(0)
+        model.load_state_dict(Tiny().state_dict())
+        before = torch.cat([p.detach().clone().flatten() for p in model.parameters()])
+        r = recipe(epochs=1, lr=1.0, momentum=0.0, weight_decay=0.0, quantizer_lr_scale=1.0,
+                   max_steps_per_epoch=1, schedule="constant", grad_clip_norm=clip)
+        train(model, ListBatches(), r, tmp_path / str(clip), settings, seed=0)
+        moves[clip] = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+    assert moves[0.5] == pytest.approx(0.5, rel=1e-4)
+    assert moves[None] > 100
+
+
 def test_freeze_bn_keeps_running_statistics(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
     before = model[1].running_mean.clone()
