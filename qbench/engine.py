@@ -196,6 +196,7 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
     steps_per_epoch = len(train_batches)
     if recipe.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, recipe["max_steps_per_epoch"])
+    clip_norm = recipe.get("grad_clip_norm")
     start_epoch = 0
     if ckpt_path.exists():
         start_epoch = restore(model, optimizer, load_checkpoint(ckpt_path), ckpt_path)
@@ -223,8 +224,8 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
             loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if recipe.get("grad_clip_norm"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip_norm"])
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
             loss_sum += loss.detach()
             bar.update()
