@@ -35,6 +35,12 @@ def test_cells_means_and_deltas():
     assert w4.seeds == 2 and w4.ours_top1 == pytest.approx(88.5) and w4.paper_delta_fp == pytest.approx(1.0)
 
 
+def test_the_caption_describes_only_the_runs_in_the_table():
+    other = record(4, 80.0, method="faq", fp=95.0)  # inside the spec's select, in no row
+    text, _ = render(SPEC, [record(4, 89.0), other])
+    assert "our FP top-1: 90.00;" in text
+
+
 def test_missing_cells_show_a_dash_never_zero():
     text, frame = render(SPEC, [])
     assert "| LSQ | — | — |" in text

@@ -136,7 +136,7 @@ def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
     """Markdown text and a long-format frame (one line per row × column) of the table."""
     cells = collect(spec, records)
     spread_kind = spec.get("spread", "std")
-    used = [r for r in records if _matches(flatten(r["config"]), spec.get("select", {}))]
+    used = [r for cell in cells.values() for r in cell.records]  # the captions describe these runs
     fps = sorted({round(r["fp"]["top1"], 2) for r in used if r.get("fp")})
     paper_fp = spec.get("paper_fp")
     columns = list(spec["columns"])
