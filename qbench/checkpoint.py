@@ -20,7 +20,7 @@ from qbench.engine import CheckpointError, load_checkpoint, mismatch_reason
 from qbench.methods import create_method
 from qbench.models import create_model
 from qbench.quant.convert import LayerPrecision
-from qbench.report.records import git_state, versions
+from qbench.provenance import git_state, versions
 
 FORMAT = 1
 

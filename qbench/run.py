@@ -19,7 +19,8 @@ from qbench.methods import Method
 from qbench.models import model_spec
 from qbench.quant.convert import EdgeLayerPolicy, LayerPrecision, plan_precision
 from qbench.quant.kernels import compile_kernels
-from qbench.report.records import git_state, versions, write_record
+from qbench.provenance import git_state, versions
+from qbench.report.records import write_record
 from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
 from qbench.validate import ConfigError
 

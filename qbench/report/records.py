@@ -3,42 +3,9 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
-
-PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "qbench")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-@lru_cache(maxsize=None)
-def git_state(repo: Path | None = None) -> dict[str, object]:
-    """Commit hash and whether the work tree differs from it (``None`` outside a git checkout).
-
-    Read once per process: a sweep's later jobs run the code the process loaded, whatever the
-    checkout holds by then."""
-    repo = repo or Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                                    capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
 
 
 def write_record(record: dict, path: Path) -> None:

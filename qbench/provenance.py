@@ -1,0 +1,37 @@
+"""Where a result came from: library versions and the git state of the code that made it."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "qbench")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+@lru_cache(maxsize=None)
+def git_state(repo: Path | None = None) -> dict[str, object]:
+    """Commit hash and whether the work tree differs from it (``None`` outside a git checkout).
+
+    Read once per process: a sweep's later jobs run the code the process loaded, whatever the
+    checkout holds by then."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
