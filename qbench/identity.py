@@ -7,6 +7,8 @@ import json
 # Top-level keys that say how or where to run, never what is computed.
 NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits", "dry_run", "retries")
 DATASET_LOCATION_KEYS = ("root", "workers")
+# Methods that leave the network in float (their ``quantizes`` is False in qbench.methods).
+FLOAT_METHODS = ("fp",)
 
 
 def config_hash(obj: object, length: int = 12) -> str:
@@ -18,16 +20,40 @@ def result_config(cfg: dict, quantizes: bool) -> dict:
     """The result-relevant part of a resolved config (a plain dict). The float reference drops
     every quantization field, so it has one identity whatever ``bits`` says."""
     out = {k: v for k, v in cfg.items() if k not in NOT_RESULT_RELEVANT and k != "hydra"}
-    out["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in DATASET_LOCATION_KEYS}
+    if "dataset" in cfg:
+        out["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in DATASET_LOCATION_KEYS}
     if not quantizes:
         for key in ("wbits", "abits", "quant", "calib", "seed"):
             out.pop(key, None)
-        out["recipe"] = {k: v for k, v in cfg["recipe"].items() if k != "qat"}
+        if "recipe" in cfg:
+            out["recipe"] = {k: v for k, v in cfg["recipe"].items() if k != "qat"}
     return out
 
 
 def run_id(cfg: dict, quantizes: bool) -> str:
     return config_hash(result_config(cfg, quantizes))
+
+
+def quantizes(cfg: dict) -> bool:
+    """Whether the run's method quantizes, read from a record's config alone (no method import)."""
+    return cfg.get("method", {}).get("name") not in FLOAT_METHODS
+
+
+def seed_free_config(cfg: dict) -> dict:
+    """:func:`result_config` of a record's config without its seed, so that the seeds of one
+    experiment share it. The calibration seed counts as part of the seed where it follows it
+    (``calib.seed: ${seed}``, the default); a fixed one stays part of the experiment."""
+    out = result_config(cfg, quantizes(cfg))
+    out.pop("seed", None)
+    calib = out.get("calib")
+    if calib is not None and "seed" in calib and calib["seed"] == cfg.get("seed"):
+        out["calib"] = {k: v for k, v in calib.items() if k != "seed"}
+    return out
+
+
+def seed_free_identity(cfg: dict) -> str:
+    """Hash of :func:`seed_free_config`: records with the same one are seeds of one experiment."""
+    return config_hash(seed_free_config(cfg))
 
 
 def baseline_config(cfg: dict) -> dict:

@@ -62,6 +62,21 @@ def test_seeds_group_when_the_calibration_seed_follows_the_seed():
         render(SPEC, [seeded(0, 0, 89.0), seeded(1, 7, 88.0)])
 
 
+def test_seeds_group_whatever_the_settings_outside_the_run_identity():
+    def seeded(seed, top1, lr=0.01, **settings):
+        extra = {"recipe": {"name": "a", "qat": {"lr": lr}},
+                 "dataset": {"name": "fashion_mnist", "root": None, "workers": 2}, **settings}
+        return record(4, top1, seed=seed, extra=extra)
+    plain = seeded(0, 89.0, retries=0, dry_run=False, force=False)
+    launched = seeded(1, 88.0, retries=2, dry_run=True, force=True, runtime={"threads": 1},
+                      paths={"records_dir": "elsewhere"},
+                      dataset={"name": "fashion_mnist", "root": "/data", "workers": 8})
+    text, _ = render(SPEC, [plain, launched])
+    assert "| LSQ | — | 88.50 ± 0.71 (-1.50) |" in text
+    with pytest.raises(ValueError, match="differ in recipe.qat.lr"):
+        render(SPEC, [plain, seeded(1, 88.0, lr=0.02)])
+
+
 def test_a_cell_mixing_different_runs_is_an_error():
     records = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 88.0, extra={"recipe": {"name": "b"}})]
     with pytest.raises(ValueError, match="differ in recipe.name"):

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from qbench.identity import seed_free_config, seed_free_identity
 from qbench.report.records import flatten
 
 MISSING = "—"
-IGNORED_FOR_GROUPING = ("seed",)
 
 
 @dataclass
@@ -60,14 +60,22 @@ def _spread(values: list[float], kind: str) -> float:
     return statistics.stdev(values)
 
 
-def _identity_without_seed(record: dict) -> tuple:
-    """The run's config minus the seed, launcher settings and paths. The calibration seed
-    counts as part of the seed where it follows it (``calib.seed: ${seed}``, the default)."""
-    flat = flatten(record["config"])
-    drop = ("runtime.", "paths.", "force", "bits", "hydra.")
-    ignored = IGNORED_FOR_GROUPING + (("calib.seed",) if flat.get("calib.seed") == flat.get("seed") else ())
-    return tuple(sorted((k, str(v)) for k, v in flat.items()
-                        if k not in ignored and not k.startswith(drop)))
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two configs (present in one only counts)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    absent = object()
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, absent) != flat_b.get(k, absent))
+
+
+def _check_one_experiment(key: tuple[str, str], runs: list[dict]) -> None:
+    """Raise if the runs of one cell are not seeds of one experiment (same run identity but
+    for the seed, :func:`qbench.identity.seed_free_identity`)."""
+    by_identity = {seed_free_identity(r["config"]): r["config"] for r in runs}
+    if len(by_identity) > 1:
+        first, second = list(by_identity.values())[:2]
+        differing = _differing_keys(seed_free_config(first), seed_free_config(second))
+        raise ValueError(f"cell {key[1]} of row {key[0]!r} matches runs that differ in "
+                         f"{', '.join(differing[:3])}; add the wanted value to the table's select")
 
 
 def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
@@ -83,12 +91,7 @@ def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
             want = {**spec.get("select", {}), **row["select"], **col_select}
             chosen[(row["label"], col)] = [r for r, f in flat if _matches(f, want)]
     for key, runs in chosen.items():
-        groups = {_identity_without_seed(r) for r in runs}
-        if len(groups) > 1:
-            a, b = sorted(groups)[:2]
-            differing = sorted({k for k, _ in set(a) ^ set(b)})
-            raise ValueError(f"cell {key[1]} of row {key[0]!r} matches runs that differ in "
-                             f"{', '.join(differing[:3])}; add the wanted value to the table's select")
+        _check_one_experiment(key, runs)
         cell = Cell()
         for r in runs:
             cell.statuses.append(r["status"])
