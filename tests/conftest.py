@@ -23,8 +23,7 @@ TINY = [
 
 
 def compose_config(overrides: list[str], tmp_path: Path, tiny: bool = True) -> dict:
-    paths = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.records_dir={tmp_path / 'records'}",
-             f"paths.tables_dir={tmp_path / 'tables'}"]
+    paths = [f"paths.runs_dir={tmp_path / 'runs'}", f"paths.records_dir={tmp_path / 'records'}"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=(TINY if tiny else []) + paths + overrides)
     return OmegaConf.to_container(cfg, resolve=True)
