@@ -1,9 +1,15 @@
-"""Table rendering from records: layout, missing cells, seeds, Δ to FP, ambiguous cells."""
-import pytest
+"""Table rendering from records: layout, missing cells, seeds, Δ to FP, ambiguous cells; your
+runs beside qbench's published ones; the qbench-table command line."""
+from pathlib import Path
 
-from qbench.report.cli import CONF_TABLES, main
+import pytest
+import yaml
+
+from qbench.report.cli import CONF_TABLES, YOUR_RECORDS, main
 from qbench.report.records import load_records, records_frame, write_record
-from qbench.report.table import load_spec, narrow_spec, render
+from qbench.report.table import Runs, load_spec, narrow_spec, render, render_compared
+
+REPO = Path(__file__).resolve().parents[1]
 
 SPEC = {
     "name": "demo", "title": "Demo", "paper": "Someone 2020", "paper_fp": 70.0,
@@ -86,14 +92,16 @@ def test_a_cell_mixing_different_runs_is_an_error():
 def test_cli_writes_markdown_and_csv_and_skips_a_corrupt_record(tmp_path, capsys):
     write_record(record(4, 89.0), tmp_path / "rec" / "a.json")
     (tmp_path / "rec" / "broken.json").write_text("{not json")
+    (tmp_path / "published").mkdir()
     records, warnings = load_records(tmp_path / "rec")
     assert len(records) == 1 and "broken.json" in warnings[0]
-    assert main(["lsq_resnet18", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]) == 0
+    dirs = ["--records-dir", str(tmp_path / "rec"), "--published-dir", str(tmp_path / "published")]
+    assert main(["lsq_resnet18", *dirs, "--out-dir", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "lsq_resnet18.md").read_text().startswith("**LSQ")
     assert (tmp_path / "out" / "lsq_resnet18.csv").exists()
-    assert main(["--all", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]) == 0
+    assert main(["--all", *dirs, "--out-dir", str(tmp_path / "out")]) == 0
     assert len(records_frame(records)) == 1
-    assert main(["no_such_table", "--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "o")]) == 2
+    assert main(["no_such_table", *dirs, "--out-dir", str(tmp_path / "o")]) == 2
     assert "unknown table 'no_such_table'; allowed: " in capsys.readouterr().err
 
 
@@ -103,15 +111,98 @@ def test_select_renders_the_same_table_from_another_recipe(tmp_path, capsys):
     text, _ = render(narrow_spec(spec, {"recipe.name": "b"}), records)
     assert "| LSQ | — | 80.00 (-10.00) |" in text
     assert "beyond the spec" in text and "recipe.name=b" in text
+    assert ("`qbench -m experiment=demo recipe=b paths.records_dir=results/published` then "
+            "`qbench-table demo --published --select recipe.name=b`") in text
+    text, _ = render_compared(narrow_spec(spec, {"recipe.name": "b"}), Runs("yours", "your", records),
+                              Runs("qbench", "qbench's", []))
+    assert "| LSQ | — | 80.00 (-10.00) | — | — |" in text
     assert "`qbench -m experiment=demo recipe=b` then `qbench-table demo --select recipe.name=b`" in text
     for r in records:
         write_record(r, tmp_path / "rec" / f"{r['config']['recipe']['name']}.json")
-    args = ["--records-dir", str(tmp_path / "rec"), "--out-dir", str(tmp_path / "out")]
-    assert main(["lsq_resnet18", "--select", "recipe.name=b", *args]) == 0
-    assert (tmp_path / "out" / "lsq_resnet18--b.md").exists() and (tmp_path / "out" / "lsq_resnet18--b.csv").exists()
-    with pytest.raises(SystemExit):
-        main(["lsq_resnet18", "--select", "recipe.name", *args])
-    assert "is not KEY=VALUE" in capsys.readouterr().err
+    modes = {"yours": ["--records-dir", str(tmp_path / "rec")], "ours": ["--published"]}
+    for folder, mode in modes.items():
+        out = tmp_path / folder
+        args = [*mode, "--published-dir", str(tmp_path / "rec"), "--out-dir", str(out)]
+        assert main(["lsq_resnet18", "--select", "recipe.name=b", *args]) == 0
+        assert (out / "lsq_resnet18--b.md").exists() and (out / "lsq_resnet18--b.csv").exists()
+    with pytest.raises(SystemExit, match="2"):
+        main(["lsq_resnet18", "--select", "recipe.name", "--out-dir", str(tmp_path / "o")])
+    assert capsys.readouterr().err == ("qbench-table: error: --select 'recipe.name' is not KEY=VALUE "
+                                       "(e.g. recipe.name=local_short_bn)\n")
+
+
+def test_your_runs_show_beside_qbench_published_runs_and_the_paper():
+    yours = Runs("yours", "your", [record(4, 85.0, fp=88.0)], "runs/records")
+    published = Runs("qbench", "qbench's", [record(4, 89.0, seed=0), record(4, 88.0, seed=1), record(2, 60.0)],
+                     "results/published")
+    text, frame = render_compared(SPEC, yours, published)
+    assert ("| Method | W2A2 yours (Δ FP) | W4A4 yours (Δ FP) | W2A2 qbench (Δ FP) | W4A4 qbench (Δ FP) "
+            "| W2A2 paper (Δ FP) | W4A4 paper (Δ FP) |") in text
+    assert ("| LSQ | — | 85.00 (-3.00) | 60.00 (-30.00) | 88.50 ± 0.71 (-1.50) | 67.00 (-3.00) | 71.00 (+1.00) |"
+            in text)
+    assert "| PACT (paper only) | — | — | — | — | 64.00 (-6.00) | — |" in text
+    assert "your FP top-1: 88.00; qbench's FP top-1: 90.00; paper's FP top-1: 70.0" in text
+    assert "Records read: your runs from `runs/records`, qbench's runs from `results/published`." in text
+    w4 = frame[(frame.row == "LSQ") & (frame.column == "W4A4")].iloc[0]
+    assert w4.yours_top1 == pytest.approx(85.0) and w4.yours_seeds == 1 and w4.qbench_seeds == 2
+    assert w4.qbench_delta_fp == pytest.approx(-1.5)
+
+
+def test_compared_extra_columns_come_per_set_of_runs():
+    spec = {**SPEC, "extra_columns": {"cos": {"field": "weight_cosine_mean", "digits": 3}}}
+    mine = {**record(4, 85.0), "weight_cosine_mean": 0.5}
+    theirs = {**record(4, 89.0), "weight_cosine_mean": 0.9}
+    text, frame = render_compared(spec, Runs("yours", "your", [mine]), Runs("qbench", "qbench's", [theirs]))
+    assert "| W2A2 cos yours | W4A4 cos yours | W2A2 cos qbench | W4A4 cos qbench |" in text
+    assert "| — | 0.500 | — | 0.900 |" in text
+    assert list(frame.columns[-2:]) == ["yours_weight_cosine_mean", "qbench_weight_cosine_mean"]
+
+
+def test_an_ambiguous_cell_names_the_folder_of_its_runs():
+    mixed = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 88.0, extra={"recipe": {"name": "b"}})]
+    with pytest.raises(ValueError, match="your runs in runs/records: cell W4A4 of row 'LSQ' .* differ in recipe.name"):
+        render_compared(SPEC, Runs("yours", "your", mixed, "runs/records"), Runs("qbench", "qbench's", []))
+
+
+def lsq_record(top1, method="lsq"):
+    """A record inside conf/table/lsq_resnet18.yaml's select."""
+    return record(4, top1, method=method,
+                  extra={"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local"}})
+
+
+def test_cli_reads_your_ledger_and_qbench_published_records_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_record(lsq_record(85.0), tmp_path / "runs" / "records" / "mine.json")
+    write_record(lsq_record(89.0), tmp_path / "results" / "published" / "theirs.json")
+    write_record(lsq_record(80.0, method="fp"), tmp_path / "results" / "published" / "float.json")
+    assert main(["lsq_resnet18"]) == 0
+    text = (tmp_path / "runs" / "tables" / "lsq_resnet18.md").read_text()
+    assert "| LSQ | — | — | 85.00 (-5.00) | — | — | 89.00 (-1.00) |" in text
+    assert main(["lsq_resnet18", "--published"]) == 0
+    text = (tmp_path / "results" / "tables" / "lsq_resnet18.md").read_text()
+    assert "| LSQ | — | — | 89.00 (-1.00) | 67.60 (-2.90) |" in text and "yours" not in text
+    assert main(["--all"]) == 0 and main(["--all", "--published"]) == 0
+    assert (tmp_path / "runs" / "tables" / "all_runs.csv").read_text().count("\n") == 1 + 1
+    assert (tmp_path / "results" / "tables" / "all_runs.csv").read_text().count("\n") == 1 + 2
+
+
+def test_the_default_records_dir_is_the_ledger_of_conf_config():
+    config = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())
+    assert config["paths"]["records_dir"] == YOUR_RECORDS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lsq_resnet18", "--published", "--records-dir", "x"], "give --published-dir, not --records-dir"),
+    (["lsq_resnet18", "--published-dir", "no/such/dir"], "no published records folder no/such/dir"),
+    ([], "give a table name or --all"),
+    (["lsq_resnet18", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("qbench-table: error: ") and message in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONF_TABLES.glob("*.yaml")))

@@ -1,53 +1,116 @@
-"""``qbench-table``: render a paper table from the run records, or dump every record."""
+"""``qbench-table``: render a paper table from run records, or dump every record.
+
+``qbench-table NAME`` shows your runs (``runs/records``, the default ``paths.records_dir``)
+beside qbench's published runs (``results/published``) and the paper's numbers, into
+``runs/tables``. ``qbench-table NAME --published`` renders qbench's published runs alone beside
+the paper, into ``results/tables``: that is how the committed tables are made.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 from qbench.report.records import load_records, records_frame
-from qbench.report.table import load_spec, narrow_spec, render
+from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared
 
 CONF_TABLES = Path(__file__).resolve().parents[2] / "conf" / "table"
+YOUR_RECORDS = "runs/records"  # paths.records_dir in conf/config.yaml: your own ledger
+YOUR_TABLES = "runs/tables"
+PUBLISHED_TABLES = "results/tables"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qbench-table", description=__doc__)
+class _Parser(argparse.ArgumentParser):
+    """Bad input is one line, ``qbench-table: error: ...``, and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="qbench-table", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="table spec in conf/table/ (e.g. lsq_resnet18)")
-    parser.add_argument("--all", action="store_true", help="write every record as one CSV (all_runs.csv)")
-    parser.add_argument("--records-dir", default="results/records")
-    parser.add_argument("--out-dir", default="results/tables")
+    parser.add_argument("--all", action="store_true",
+                        help="write every record of the records folder read as one CSV (all_runs.csv)")
+    parser.add_argument("--published", action="store_true",
+                        help=f"render qbench's published records alone (ours vs paper) into {PUBLISHED_TABLES}: "
+                             "regenerates the committed tables")
+    parser.add_argument("--records-dir", help=f"your records (default {YOUR_RECORDS}); not with --published")
+    parser.add_argument("--published-dir", default=PUBLISHED_RECORDS,
+                        help=f"qbench's published records (default {PUBLISHED_RECORDS})")
+    parser.add_argument("--out-dir", help=f"default {YOUR_TABLES}, or {PUBLISHED_TABLES} with --published")
     parser.add_argument("--select", action="append", default=[], metavar="KEY=VALUE",
                         help="render only runs with this config value besides the spec's select "
                              "(e.g. recipe.name=local_short_bn); the output files get the value as a suffix")
-    args = parser.parse_args(argv)
-    if not args.name and not args.all:
-        parser.error("give a table name or --all")
+    return parser
+
+
+def _narrowed(parser: _Parser, items: list[str]) -> dict:
+    """``--select`` items as dotted key → value (YAML-typed, so ``method.config=4`` is an int)."""
     narrowed = {}
-    for item in args.select:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             parser.error(f"--select {item!r} is not KEY=VALUE (e.g. recipe.name=local_short_bn)")
         narrowed[key] = yaml.safe_load(value)
-    records, warnings = load_records(Path(args.records_dir))
+    return narrowed
+
+
+def _read(records_dir: str) -> list[dict]:
+    """The records under ``records_dir``; a warning line per unreadable one."""
+    records, warnings = load_records(Path(records_dir))
     for w in warnings:
         print(f"qbench-table: warning: skipped {w}", file=sys.stderr)
-    out = Path(args.out_dir)
+    return records
+
+
+def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path) -> None:
+    """Render ``name`` in the chosen mode and write ``<name>[--<value>...].md`` and ``.csv``."""
+    spec = narrow_spec(load_spec(name, CONF_TABLES), narrowed)
+    if args.published:
+        text, frame = render(spec, _read(args.published_dir))
+    else:
+        yours_dir = args.records_dir or YOUR_RECORDS
+        text, frame = render_compared(spec, Runs("yours", "your", _read(yours_dir), yours_dir),
+                                      Runs("qbench", "qbench's", _read(args.published_dir), args.published_dir))
+    stem = name + "".join(f"--{value}" for value in narrowed.values())
+    (out / f"{stem}.md").write_text(text)
+    frame.to_csv(out / f"{stem}.csv", index=False)
+    print(text)
+    print(f"-> {out / stem}.md, {out / stem}.csv")
+
+
+def _write_all_runs(records_dir: str, out: Path) -> None:
+    """Every record under ``records_dir`` as one CSV row, into ``out/all_runs.csv``."""
+    records = _read(records_dir)
+    path = out / "all_runs.csv"
+    records_frame(records).to_csv(path, index=False)
+    print(f"{len(records)} runs -> {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.name and not args.all:
+        parser.error("give a table name or --all")
+    if args.published and args.records_dir:
+        parser.error("--published reads qbench's published records only; give --published-dir, not --records-dir")
+    narrowed = _narrowed(parser, args.select)
+    if not Path(args.published_dir).is_dir() and (args.name or args.published):
+        parser.error(f"no published records folder {args.published_dir} "
+                     "(run from the repository root or give --published-dir)")
+    out = Path(args.out_dir or (PUBLISHED_TABLES if args.published else YOUR_TABLES))
     out.mkdir(parents=True, exist_ok=True)
     try:
         if args.all:
-            path = out / "all_runs.csv"
-            records_frame(records).to_csv(path, index=False)
-            print(f"{len(records)} runs -> {path}")
+            _write_all_runs(args.published_dir if args.published else args.records_dir or YOUR_RECORDS, out)
         if args.name:
-            text, frame = render(narrow_spec(load_spec(args.name, CONF_TABLES), narrowed), records)
-            stem = args.name + "".join(f"--{value}" for value in narrowed.values())
-            (out / f"{stem}.md").write_text(text)
-            frame.to_csv(out / f"{stem}.csv", index=False)
-            print(text)
-            print(f"-> {out / stem}.md, {out / stem}.csv")
+            _write_table(args.name, narrowed, args, out)
     except ValueError as exc:
         print(f"qbench-table: error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ Every cell shows our top-1 — the mean ± spread over seeds where several exist
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
 the cell's runs (e.g. ``weight_cosine_mean``). A cell without a record shows ``—``, never 0.
+
+:func:`render` is qbench's published table (``ours`` beside the paper), what results/tables
+holds; :func:`render_compared` puts your runs (``yours``) beside qbench's (``qbench``) and the paper.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from qbench.identity import seed_free_config, seed_free_identity
 from qbench.report.records import flatten
 
 MISSING = "—"
+PUBLISHED_RECORDS = "results/published"  # qbench's own records, read-only: the committed tables
 
 
 @dataclass
@@ -135,69 +139,182 @@ def _edge_caption(records: list[dict]) -> str:
     return "; ".join(sorted(parts)) if parts else "no quantized runs yet"
 
 
-def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
-    """Markdown text and a long-format frame (one line per row × column) of the table."""
-    cells = collect(spec, records)
-    spread_kind = spec.get("spread", "std")
-    used = [r for cell in cells.values() for r in cell.records]  # the captions describe these runs
-    fps = sorted({round(r["fp"]["top1"], 2) for r in used if r.get("fp")})
+@dataclass(frozen=True)
+class Runs:
+    """One set of runs shown in a table: its column label (``ours``, ``yours``, ``qbench``), the
+    possessive the caption uses for it, its records and, where the caption says it, their folder."""
+
+    label: str
+    owner: str
+    records: list[dict]
+    read_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What one set of runs puts in one table cell."""
+
+    text: str
+    mean: float | None = None
+    spread: float | None = None
+    seeds: int = 0
+    delta: float | None = None
+
+
+def _shown(cell: Cell | None, spread_kind: str) -> Shown:
+    """The cell's mean ± spread over seeds and its Δ to the runs' FP; ``diverged`` when every run
+    diverged; ``—`` without a finished run."""
+    if cell is None or not cell.values:
+        diverged = cell is not None and "diverged" in cell.statuses
+        return Shown("diverged" if diverged else MISSING)
+    n = len(cell.values)
+    mean = statistics.fmean(cell.values)
+    spread = _spread(cell.values, spread_kind) if n > 1 else None
+    delta = mean - statistics.fmean(cell.fp)
+    return Shown(_fmt(mean, delta, spread), mean, spread, n, delta)
+
+
+def _fp_text(cells: dict[tuple[str, str], Cell]) -> str:
+    """The distinct FP top-1 values of the runs in ``cells``."""
+    fps = sorted({round(r["fp"]["top1"], 2) for cell in cells.values() for r in cell.records if r.get("fp")})
+    return ", ".join(f"{v:.2f}" for v in fps) if fps else MISSING
+
+
+def _used(cells: dict[tuple[str, str], Cell]) -> list[dict]:
+    """The finished runs shown in the table: the captions describe these, not the whole select."""
+    return [r for cell in cells.values() for r in cell.records]
+
+
+def _caption(spec: dict, sources: list[Runs], cells: list[dict[tuple[str, str], Cell]]) -> list[str]:
+    """Title, data, every FP baseline (each set of runs' and the paper's), edge-layer precision,
+    the records folders where given, the spread used and the selection beyond the spec."""
     paper_fp = spec.get("paper_fp")
-    columns = list(spec["columns"])
-    extras = spec.get("extra_columns") or {}
-    header = (["Method"] + [f"{c} ours (Δ FP)" for c in columns] + [f"{c} paper (Δ FP)" for c in columns]
-              + [f"{c} {label}" for label in extras for c in columns])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows_out = []
-    for row in spec["rows"]:
-        ours, theirs, extra_values = [], [], {}
-        row_paper_fp = row.get("paper_fp", paper_fp)
-        for col in columns:
-            cell = cells.get((row["label"], col))
-            for label, extra in extras.items():
-                extra_values[(label, col)] = _extra_value(cell, extra["field"])
-            mean = spread = delta = None
-            n = 0
-            if cell is not None and cell.values:
-                n = len(cell.values)
-                mean = statistics.fmean(cell.values)
-                spread = _spread(cell.values, spread_kind) if n > 1 else None
-                delta = mean - statistics.fmean(cell.fp)
-            text = _fmt(mean, delta, spread)
-            if cell is not None and not cell.values and "diverged" in cell.statuses:
-                text = "diverged"
-            ours.append(text)
-            paper = (row.get("paper") or {}).get(col)
-            paper_delta = paper - row_paper_fp if paper is not None and row_paper_fp is not None else None
-            theirs.append(_fmt(paper, paper_delta))
-            rows_out.append({"row": row["label"], "column": col, "ours_top1": mean, "ours_spread": spread,
-                             "seeds": n, "ours_delta_fp": delta, "paper_top1": paper,
-                             "paper_delta_fp": paper_delta,
-                             **{extra["field"]: extra_values[(label, col)] for label, extra in extras.items()}})
-        extra_texts = [MISSING if extra_values[(label, col)] is None
-                       else f"{extra_values[(label, col)]:.{extra.get('digits', 2)}f}"
-                       for label, extra in extras.items() for col in columns]
-        label = row["label"] + (" (paper only)" if row.get("select") is None else "")
-        lines.append("| " + " | ".join([label] + ours + theirs + extra_texts) + " |")
-    fp_text = ", ".join(f"{v:.2f}" for v in fps) if fps else MISSING
     if paper_fp is None and any("paper_fp" in row for row in spec["rows"]):
         paper_fp = "per row"
+    fp_parts = "".join(f"{runs.owner} FP top-1: {_fp_text(c)}; " for runs, c in zip(sources, cells))
+    edges = " ".join(f"Precision of edge layers in {runs.owner} runs: {_edge_caption(_used(c))}."
+                     for runs, c in zip(sources, cells))
+    spread_kind = spec.get("spread", "std")
     caption = [
         f"**{spec['title']}**",
         "",
-        f"Top-1 accuracy (%) on {spec.get('dataset_label', 'our data')}; our FP top-1: {fp_text}; "
+        f"Top-1 accuracy (%) on {spec.get('dataset_label', 'our data')}; {fp_parts}"
         f"paper's FP top-1: {paper_fp if paper_fp is not None else MISSING} ({spec.get('paper', '')}).",
-        f"Precision of edge layers in our runs: {_edge_caption(used)}. "
-        f"{spec.get('paper_edge_layers', '')}".rstrip(),
-        f"Mean ± {'half range' if spread_kind == 'halfrange' else 'standard deviation'} over seeds "
-        "where several exist; Δ FP is each number minus its own FP baseline; — marks a cell not run.",
-        "",
+        f"{edges} {spec.get('paper_edge_layers', '')}".rstrip(),
     ]
+    folders = [f"{runs.owner} runs from `{runs.read_from}`" for runs in sources if runs.read_from]
+    if folders:
+        caption.append(f"Records read: {', '.join(folders)}.")
+    caption.append(f"Mean ± {'half range' if spread_kind == 'halfrange' else 'standard deviation'} over seeds "
+                   "where several exist; Δ FP is each number minus its own FP baseline; — marks a cell not run.")
     narrowed = spec.get("narrowed") or {}
     if narrowed:
-        caption.insert(-1, "Runs selected beyond the spec (they take precedence over the description above): "
+        caption.append("Runs selected beyond the spec (they take precedence over the description above): "
                        + ", ".join(f"{k}={v}" for k, v in narrowed.items()) + ".")
+    return caption + [""]
+
+
+def _made_by(spec: dict, sweep_flags: str, table_flags: str) -> list[str]:
+    """The footer: the sweep and the ``qbench-table`` command that make this file."""
+    if not spec.get("command"):
+        return []
+    narrowed = spec.get("narrowed") or {}
     sweep_args = "".join(f" {k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in narrowed.items())
     table_args = "".join(f" --select {k}={v}" for k, v in narrowed.items())
-    footer = (["", f"Made by: `{spec['command']}{sweep_args}` then `qbench-table {spec['name']}{table_args}`."]
-              if spec.get("command") else [])
-    return "\n".join(caption + lines + footer) + "\n", pd.DataFrame(rows_out)
+    return ["", f"Made by: `{spec['command']}{sweep_args}{sweep_flags}` then "
+                f"`qbench-table {spec['name']}{table_flags}{table_args}`."]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One column of one row: what each set of runs shows, the paper's number and Δ, and each set's
+    extra fields (``extras[source][i]`` for the spec's i-th extra column)."""
+
+    shown: list[Shown]
+    paper: float | None
+    paper_delta: float | None
+    extras: list[list[float | None]]
+
+
+def _entry(spec: dict, row: dict, col: str, cells: list[dict[tuple[str, str], Cell]]) -> Entry:
+    run_cells = [c.get((row["label"], col)) for c in cells]
+    extras = (spec.get("extra_columns") or {}).values()
+    paper = (row.get("paper") or {}).get(col)
+    paper_fp = row.get("paper_fp", spec.get("paper_fp"))
+    return Entry(shown=[_shown(cell, spec.get("spread", "std")) for cell in run_cells],
+                 paper=paper, paper_delta=paper - paper_fp if paper is not None and paper_fp is not None else None,
+                 extras=[[_extra_value(cell, e["field"]) for e in extras] for cell in run_cells])
+
+
+def _header(spec: dict, sources: list[Runs]) -> list[str]:
+    """Method, one group of columns per set of runs, the paper's group, then each extra column
+    per set of runs (labelled with the set only where there are several)."""
+    columns = list(spec["columns"])
+    tags = [f" {runs.label}" if len(sources) > 1 else "" for runs in sources]
+    return (["Method"] + [f"{c} {runs.label} (Δ FP)" for runs in sources for c in columns]
+            + [f"{c} paper (Δ FP)" for c in columns]
+            + [f"{c} {label}{tag}" for label in spec.get("extra_columns") or {} for tag in tags for c in columns])
+
+
+def _markdown_line(spec: dict, row: dict, entries: dict[str, Entry], n_sources: int) -> str:
+    """The row in the header's order."""
+    extras = list((spec.get("extra_columns") or {}).values())
+    texts = [entries[c].shown[i].text for i in range(n_sources) for c in entries]
+    texts += [_fmt(e.paper, e.paper_delta) for e in entries.values()]
+    texts += [MISSING if entries[c].extras[i][j] is None else f"{entries[c].extras[i][j]:.{extra.get('digits', 2)}f}"
+              for j, extra in enumerate(extras) for i in range(n_sources) for c in entries]
+    label = row["label"] + (" (paper only)" if row.get("select") is None else "")
+    return "| " + " | ".join([label] + texts) + " |"
+
+
+def _frame_line(spec: dict, row: dict, col: str, entry: Entry, sources: list[Runs]) -> dict:
+    """One line of the CSV. With one set of runs the seed count and extra fields are unprefixed,
+    as in the published tables; with several each is prefixed by its set's label."""
+    several = len(sources) > 1
+    line: dict = {"row": row["label"], "column": col}
+    for runs, s in zip(sources, entry.shown):
+        line.update({f"{runs.label}_top1": s.mean, f"{runs.label}_spread": s.spread,
+                     f"{runs.label}_seeds" if several else "seeds": s.seeds, f"{runs.label}_delta_fp": s.delta})
+    line.update({"paper_top1": entry.paper, "paper_delta_fp": entry.paper_delta})
+    for runs, values in zip(sources, entry.extras):
+        for extra, value in zip((spec.get("extra_columns") or {}).values(), values):
+            line[f"{runs.label}_{extra['field']}" if several else extra["field"]] = value
+    return line
+
+
+def _collect_runs(spec: dict, runs: Runs) -> dict[tuple[str, str], Cell]:
+    """:func:`collect` of one set of runs; an error names the folder it was read from, if known."""
+    try:
+        return collect(spec, runs.records)
+    except ValueError as exc:
+        if runs.read_from is None:
+            raise
+        raise ValueError(f"{runs.owner} runs in {runs.read_from}: {exc}") from None
+
+
+def _render(spec: dict, sources: list[Runs], made_by: list[str]) -> tuple[str, pd.DataFrame]:
+    """Markdown and long-format frame (one line per row × column) of ``spec``: one group of
+    columns per set of runs, then the paper's, then the spec's extra columns."""
+    cells = [_collect_runs(spec, runs) for runs in sources]
+    header = _header(spec, sources)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    frame = []
+    for row in spec["rows"]:
+        entries = {col: _entry(spec, row, col, cells) for col in spec["columns"]}
+        lines.append(_markdown_line(spec, row, entries, len(sources)))
+        frame += [_frame_line(spec, row, col, entry, sources) for col, entry in entries.items()]
+    return "\n".join(_caption(spec, sources, cells) + lines + made_by) + "\n", pd.DataFrame(frame)
+
+
+def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
+    """qbench's published table: markdown text and a long-format frame (one line per row ×
+    column) of ``records`` (``ours``) beside the paper. Its footer names the commands that
+    regenerate the committed file from ``results/published``."""
+    made_by = _made_by(spec, f" paths.records_dir={PUBLISHED_RECORDS}", " --published")
+    return _render(spec, [Runs("ours", "our", records)], made_by)
+
+
+def render_compared(spec: dict, yours: Runs, published: Runs) -> tuple[str, pd.DataFrame]:
+    """Your runs beside qbench's published runs and the paper: ``<col> yours``, ``<col> qbench``,
+    ``<col> paper`` groups of columns; the caption states both FP baselines and both folders."""
+    return _render(spec, [yours, published], _made_by(spec, "", ""))

@@ -1,0 +1,41 @@
+"""Every committed table under results/tables regenerates byte-identical from qbench's published
+records (results/published) with ``qbench-table NAME --published``: a table edited by hand, or
+published records changed without re-rendering the tables, fails here."""
+from pathlib import Path
+
+import pytest
+
+from qbench.report.cli import CONF_TABLES, main
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = REPO / "results" / "tables"
+PUBLISHED = REPO / "results" / "published"
+# qbench-table puts a --select's value, not its key, in the file name (lsqplus_table2--<value>.md).
+# Every committed variant is another recipe, so a file-name suffix is read as recipe.name.
+SUFFIX_KEY = "recipe.name"
+COMMITTED = sorted(p.name for p in TABLES.glob("*.md")) + sorted(p.name for p in TABLES.glob("*.csv"))
+
+
+def table_args(stem: str) -> list[str]:
+    """The qbench-table arguments that write ``<stem>.md`` and ``<stem>.csv``: ``NAME--VALUE`` is
+    ``NAME --select recipe.name=VALUE``; ``all_runs`` is ``--all``."""
+    if stem == "all_runs":
+        return ["--all"]
+    name, *suffixes = stem.split("--")
+    assert len(suffixes) <= 1, f"{stem}: only one --select ({SUFFIX_KEY}) is read from a file name"
+    return [name] + [arg for value in suffixes for arg in ("--select", f"{SUFFIX_KEY}={value}")]
+
+
+def test_every_table_spec_has_a_committed_table():
+    specs = {p.stem for p in CONF_TABLES.glob("*.yaml")}
+    assert specs and specs <= {Path(name).stem for name in COMMITTED}
+
+
+@pytest.mark.parametrize("filename", COMMITTED)
+def test_committed_table_regenerates_byte_identical(filename, tmp_path):
+    argv = [*table_args(Path(filename).stem), "--published", "--published-dir", str(PUBLISHED),
+            "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / filename).read_bytes() == (TABLES / filename).read_bytes(), (
+        f"results/tables/{filename} is not what `qbench-table {' '.join(argv[:-4])}` renders from "
+        "results/published: re-render it, never edit it by hand")
