@@ -3,23 +3,44 @@
 # Finished cells are skipped and interrupted ones resume, so rerunning after a stop carries on.
 #   bash scripts/run_tables.sh                              # every experiment in conf/experiment
 #   bash scripts/run_tables.sh lsqplus_table2 apot_ablation -- runtime.threads=1
+#   bash scripts/run_tables.sh --publish lsqplus_table2     # developers: refresh the committed tables
+# Without --publish the sweeps write your own ledger (paths.records_dir, runs/records) and each
+# table shows your runs beside qbench's published ones and the paper's, in runs/tables.
+# With --publish the sweeps write qbench's published records (results/published) and every
+# committed table in results/tables is rendered again with `qbench-table NAME --published`; a
+# committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE.
 # Arguments after `--` go to every sweep (e.g. runtime.threads=1 to run two queues side by side).
 set -euo pipefail
+shopt -s nullglob
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-names=() overrides=()
+names=() overrides=() publish=false
 while [[ $# -gt 0 ]]; do
   if [[ $1 == "--" ]]; then shift; overrides=("$@"); break; fi
+  if [[ $1 == "--publish" ]]; then publish=true; shift; continue; fi
   names+=("$1"); shift
 done
 if [[ ${#names[@]} -eq 0 ]]; then
   for f in conf/experiment/*.yaml; do names+=("$(basename "$f" .yaml)"); done
+fi
+if $publish; then
+  overrides=("paths.records_dir=results/published" "${overrides[@]}")
 fi
 for name in "${names[@]}"; do
   echo "=== $name: started $(date +%T)"
   qbench -m "experiment=$name" runtime.progress=false "${overrides[@]}"
   echo "=== $name: finished $(date +%T)"
 done
-for f in conf/table/*.yaml; do
-  qbench-table "$(basename "$f" .yaml)"
-done
+if $publish; then
+  for f in conf/table/*.yaml; do
+    qbench-table "$(basename "$f" .yaml)" --published
+  done
+  for f in results/tables/*--*.md; do
+    stem=$(basename "$f" .md)
+    qbench-table "${stem%%--*}" --published --select "recipe.name=${stem#*--}"
+  done
+else
+  for f in conf/table/*.yaml; do
+    qbench-table "$(basename "$f" .yaml)"
+  done
+fi
