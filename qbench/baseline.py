@@ -19,8 +19,9 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from qbench.checkpoint import save_atomic
 from qbench.data import Data
-from qbench.engine import TrainSettings, evaluate, save_atomic, train
+from qbench.engine import TrainSettings, evaluate, train
 from qbench.identity import baseline_config, config_hash
 from qbench.models import create_model, load_weights
 from qbench.validate import ConfigError
@@ -32,7 +33,6 @@ class Baseline:
     metrics: dict[str, float]
     key: str
     weights_sha256: str
-    directory: Path
 
     def fresh_copy(self) -> nn.Module:
         return copy.deepcopy(self.model)
@@ -95,4 +95,4 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
         info = json.loads(info_path.read_text())
     model = create_model(cfg["model"]["name"], data.num_classes, data.in_chans)
     model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
-    return Baseline(model, info["metrics"], key, info["weights_sha256"], directory)
+    return Baseline(model, info["metrics"], key, info["weights_sha256"])

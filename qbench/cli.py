@@ -14,14 +14,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from qbench.validate import fail
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "model", "method", "recipe", "experiment")
 MULTIRUN_FLAGS = ("-m", "--multirun")
-
-
-def fail(message: str) -> None:
-    print(f"qbench: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def check_group_overrides(argv: list[str]) -> None:
@@ -88,9 +85,31 @@ def app(cfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
+def check_cells(argv: list[str]) -> None:
+    """Check the run, or every cell of a multirun, before Hydra starts (and writes) anything
+    (:func:`qbench.sweep.check_sweep`)."""
+    from hydra.errors import HydraException
+
+    from qbench.sweep import check_sweep
+    from qbench.validate import ConfigError
+
+    if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in argv):
+        return  # Hydra's own flags (--help, --cfg job, ...): nothing runs
+    multirun = any(flag in argv for flag in MULTIRUN_FLAGS)
+    try:
+        check_sweep([a for a in argv if a not in MULTIRUN_FLAGS], CONF_DIR, multirun)
+    except ConfigError as exc:
+        fail(str(exc))
+    except MissingMandatoryValue as exc:
+        fail(f"{exc.full_key} must be set (for example {exc.full_key}=/path)")
+    except (OmegaConfBaseException, HydraException) as exc:
+        fail(" ".join(str(exc).strip().splitlines()[:2]))
+
+
 def main() -> None:
     argv = expand_seeds(sys.argv[1:])
     check_group_overrides(argv)
+    check_cells(argv)
     if not is_dry_run(argv):
         sys.argv = [sys.argv[0], *argv]
         app()

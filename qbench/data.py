@@ -11,8 +11,9 @@ from __future__ import annotations
 import gzip
 import struct
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -161,32 +162,26 @@ def _limit(n: int, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def build_data(ds: dict, batch_size: int, eval_batch_size: int, calib_images: int,
-               calib_seed: int, seed: int) -> Data:
-    """Train, validation and calibration data for the dataset config ``ds``
-    (``conf/dataset/*.yaml``). ``train_limit`` / ``val_limit`` keep the first N images."""
-    name = ds["name"]
-    if name in ("fashion_mnist", "cifar10"):
-        loader = load_fashion_mnist if name == "fashion_mnist" else load_cifar10
-        xtr, ytr, xva, yva = loader(ds.get("root"))
-        ntr, nva = _limit(len(ytr), ds.get("train_limit")), _limit(len(yva), ds.get("val_limit"))
-        xtr, ytr, xva, yva = xtr[:ntr], ytr[:ntr], xva[:nva], yva[:nva]
-        aug = ds.get("augment") or {}
-        train = TensorBatches(xtr, ytr, batch_size, ds["mean"], ds["std"], True, seed,
-                              aug.get("hflip", False), aug.get("pad_crop", 0), drop_last=True)
-        val = TensorBatches(xva, yva, eval_batch_size, ds["mean"], ds["std"], False, seed)
-        calib_idx = calibration_indices(ntr, calib_images, calib_seed)
-        calib_x = train.normalize(xtr[calib_idx])
-        calibration = list(calib_x.split(batch_size))
-        return Data(train, val, calibration, ds["num_classes"], ds["in_chans"])
-    if name == "imagenet":
-        return _build_imagefolder(ds, batch_size, eval_batch_size, calib_images, calib_seed, seed)
-    raise ValueError(f"unknown dataset {name!r}; allowed: fashion_mnist, cifar10, imagenet")
+def _build_in_memory(load: Callable[[str | None], tuple[torch.Tensor, ...]], ds: dict, batch_size: int,
+                     eval_batch_size: int, calib_images: int, calib_seed: int, seed: int) -> Data:
+    """A small dataset held in memory as uint8 tensors (``load`` reads it from ``ds['root']``)."""
+    xtr, ytr, xva, yva = load(ds.get("root"))
+    ntr, nva = _limit(len(ytr), ds.get("train_limit")), _limit(len(yva), ds.get("val_limit"))
+    xtr, ytr, xva, yva = xtr[:ntr], ytr[:ntr], xva[:nva], yva[:nva]
+    aug = ds.get("augment") or {}
+    train = TensorBatches(xtr, ytr, batch_size, ds["mean"], ds["std"], True, seed,
+                          aug.get("hflip", False), aug.get("pad_crop", 0), drop_last=True)
+    val = TensorBatches(xva, yva, eval_batch_size, ds["mean"], ds["std"], False, seed)
+    calib_idx = calibration_indices(ntr, calib_images, calib_seed)
+    calib_x = train.normalize(xtr[calib_idx])
+    calibration = list(calib_x.split(batch_size))
+    return Data(train, val, calibration, ds["num_classes"], ds["in_chans"])
 
 
 def _build_imagefolder(ds: dict, batch_size: int, eval_batch_size: int, calib_images: int,
                        calib_seed: int, seed: int) -> Data:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     root = Path(ds["root"]) if ds.get("root") else None
     if root is None or not (root / "train").is_dir() or not (root / "val").is_dir():
@@ -207,3 +202,21 @@ def _build_imagefolder(ds: dict, batch_size: int, eval_batch_size: int, calib_im
                        calibration_indices(ntr, calib_images, calib_seed).tolist())
     calibration = [x for x, _ in DataLoader(calib_set, batch_size, num_workers=workers)]
     return Data(train, val, calibration, ds["num_classes"], ds["in_chans"])
+
+
+DataBuilder = Callable[[dict, int, int, int, int, int], Data]
+DATASETS: dict[str, DataBuilder] = {
+    "fashion_mnist": partial(_build_in_memory, load_fashion_mnist),
+    "cifar10": partial(_build_in_memory, load_cifar10),
+    "imagenet": _build_imagefolder,
+}
+
+
+def build_data(ds: dict, batch_size: int, eval_batch_size: int, calib_images: int,
+               calib_seed: int, seed: int) -> Data:
+    """Train, validation and calibration data for the dataset config ``ds``
+    (``conf/dataset/<name>.yaml``, ``name`` a key of :data:`DATASETS`). ``train_limit`` /
+    ``val_limit`` keep the first N images."""
+    if ds["name"] not in DATASETS:
+        raise ValueError(f"unknown dataset {ds['name']!r}; allowed: {', '.join(DATASETS)}")
+    return DATASETS[ds["name"]](ds, batch_size, eval_batch_size, calib_images, calib_seed, seed)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from qbench.checkpoint import restore_training, save_training
 from qbench.data import BatchSource
 from qbench.distributed import World, barrier, mean_over_ranks, rank_slice
 from qbench.quant.base import Quantizer
@@ -121,53 +121,6 @@ def evaluate(model: nn.Module, batches: BatchSource, device: torch.device,
             "loss": loss_sum.item() / n}
 
 
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed process never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used: unreadable, or its state does not match the model.
-    ``path`` names the file, so the caller can set it aside and start over."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"checkpoint {path} {reason}")
-        self.path = path
-
-
-def mismatch_reason(exc: BaseException) -> str:
-    """The line of a ``load_state_dict`` error that names the keys (else its first line)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return next((line for line in lines if "key" in line.lower()), lines[0] if lines else type(exc).__name__)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """The checkpoint at ``path``, read with ``weights_only=True`` (tensors, plain containers
-    and numbers only); raises :class:`CheckpointError` when it cannot be read."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise CheckpointError(path, f"is unreadable ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(path, "holds no model state")
-    return state
-
-
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, path: Path) -> int:
-    """Load model (strictly: a missing or extra key is an error), optimizer and random-number
-    state from a training checkpoint; returns the epoch to continue from."""
-    try:
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate((state["rng_python"][0], tuple(state["rng_python"][1]), state["rng_python"][2]))
-        return int(state["epoch"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(path, f"does not match this run ({mismatch_reason(exc)})") from None
-
-
 @dataclass
 class TrainSettings:
     device: torch.device
@@ -199,7 +152,7 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
     clip_norm = recipe.get("grad_clip_norm")
     start_epoch = 0
     if ckpt_path.exists():
-        start_epoch = restore(model, optimizer, load_checkpoint(ckpt_path), ckpt_path)
+        start_epoch = restore_training(ckpt_path, model, optimizer)
     else:
         torch.manual_seed(seed)
         random.seed(seed)
@@ -239,10 +192,7 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
                     writer.add_scalar(f"{tag}/loss", mean_loss, step)
                     writer.add_scalar(f"{tag}/lr", recipe["lr"] * m, step)
         bar.close()
-        rng_py = random.getstate()
         if world.is_main:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "epoch": epoch + 1, "rng_torch": torch.get_rng_state(),
-                         "rng_python": [rng_py[0], list(rng_py[1]), rng_py[2]], "meta": meta or {}}, ckpt_path)
+            save_training(ckpt_path, model, optimizer, epoch + 1, meta or {})
         barrier(world)
     return start_epoch

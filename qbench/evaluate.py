@@ -1,7 +1,7 @@
 """``qbench-eval checkpoint=PATH``: evaluate a run's checkpoint from the checkpoint alone.
 
-The quantized model is rebuilt from the checkpoint's own description
-(:func:`qbench.checkpoint.rebuild`) and evaluated on the validation data its stored config
+The quantized model is rebuilt from the checkpoint's own description (:func:`rebuild`) and
+evaluated on the validation data its stored config
 names; ``dataset.*`` and ``runtime.*`` fields of that config may be overridden (the data's
 location differs between machines: ``dataset.root=/data/imagenet``; ``runtime.device=cpu``).
 """
@@ -11,18 +11,39 @@ import sys
 from pathlib import Path
 
 import yaml
+from torch import nn
 
-from qbench.checkpoint import rebuild
+from qbench import phases
+from qbench.checkpoint import CheckpointError, checkpoint_plan, load_checkpoint, mismatch_reason
 from qbench.data import build_data
-from qbench.engine import CheckpointError, evaluate
+from qbench.engine import evaluate
+from qbench.methods import create_method
+from qbench.models import create_model
 from qbench.run import place, settings_of
+from qbench.validate import fail
 
 OVERRIDABLE = ("dataset", "runtime")
+PROG = "qbench-eval"
 
 
-def fail(message: str) -> None:
-    print(f"qbench-eval: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def rebuild(path: Path) -> tuple[nn.Module, dict]:
+    """The quantized model stored at ``path`` (on the CPU, in eval mode) and the checkpoint's
+    ``meta``: the float model built by name, the method's quantizers put on by the stored plan
+    (:func:`qbench.phases.prepare`), the state loaded strictly. Raises :class:`CheckpointError`
+    when the file cannot be read, carries no description or does not match what it describes."""
+    state = load_checkpoint(path)
+    meta = state.get("meta") or {}
+    plan = checkpoint_plan(path, meta)
+    cfg = meta["config"]
+    model = create_model(cfg["model"]["name"], cfg["dataset"]["num_classes"], cfg["dataset"]["in_chans"])
+    method = create_method(cfg["method"])
+    if method.quantizes:
+        model = phases.prepare(model, plan, method)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(path, f"does not match the model it describes ({mismatch_reason(exc)})") from None
+    return model.eval(), meta
 
 
 def parse_args(argv: list[str]) -> tuple[Path, dict[str, object]]:
@@ -36,11 +57,11 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, object]]:
         elif sep and dot and group in OVERRIDABLE and field and "." not in field:
             overrides[key] = yaml.safe_load(value)
         else:
-            fail(f"{arg!r} is not allowed; use checkpoint=PATH, dataset.<field>=VALUE or runtime.<field>=VALUE")
+            fail(f"{arg!r} is not allowed; use checkpoint=PATH, dataset.<field>=VALUE or runtime.<field>=VALUE", PROG)
     if checkpoint is None:
-        fail("checkpoint must be set (for example checkpoint=runs/runs/<run id>/checkpoint.pt)")
+        fail("checkpoint must be set (for example checkpoint=runs/runs/<run id>/checkpoint.pt)", PROG)
     if not checkpoint.is_file():
-        fail(f"checkpoint={checkpoint} is not a file")
+        fail(f"checkpoint={checkpoint} is not a file", PROG)
     return checkpoint, overrides
 
 
@@ -68,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics, meta = evaluate_checkpoint(path, overrides)
     except (CheckpointError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), PROG)
     cfg = meta["config"]
     print(f"[qbench-eval] run {meta['run_id']}: {cfg['method']['name']} {cfg['model']['name']} "
           f"W{cfg['wbits']}A{cfg['abits']} | top-1 {metrics['top1']:.2f} | top-5 {metrics['top5']:.2f} "

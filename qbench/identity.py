@@ -7,8 +7,6 @@ import json
 # Top-level keys that say how or where to run, never what is computed.
 NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits", "dry_run", "retries")
 DATASET_LOCATION_KEYS = ("root", "workers")
-# Methods that leave the network in float (their ``quantizes`` is False in qbench.methods).
-FLOAT_METHODS = ("fp",)
 
 
 def config_hash(obj: object, length: int = 12) -> str:
@@ -30,13 +28,18 @@ def result_config(cfg: dict, quantizes: bool) -> dict:
     return out
 
 
-def run_id(cfg: dict, quantizes: bool) -> str:
-    return config_hash(result_config(cfg, quantizes))
-
-
 def quantizes(cfg: dict) -> bool:
-    """Whether the run's method quantizes, read from a record's config alone (no method import)."""
-    return cfg.get("method", {}).get("name") not in FLOAT_METHODS
+    """Whether the config's method quantizes, as the method registry says (a method no longer
+    registered, in an old record, counts as quantizing)."""
+    from qbench.methods import METHODS
+
+    method = METHODS.get(cfg.get("method", {}).get("name"))
+    return method is None or method.quantizes
+
+
+def run_id(cfg: dict) -> str:
+    """The run's identity: the ledger's record name, and what ``dry_run`` and resumption key on."""
+    return config_hash(result_config(cfg, quantizes(cfg)))
 
 
 def seed_free_config(cfg: dict) -> dict:

@@ -22,7 +22,6 @@ class ModelSpec:
     source_name: str
     first_layer: str
     last_layer: str
-    activation: str  # the nonlinearity in front of most conv inputs: decides signed inputs
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -35,10 +34,10 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-register_model(ModelSpec("resnet18", "torchvision", "resnet18", "conv1", "fc", "relu"))
-register_model(ModelSpec("mobilenet_v2", "torchvision", "mobilenet_v2", "features.0.0", "classifier.1", "relu6"))
-register_model(ModelSpec("efficientnet_b0", "timm", "efficientnet_b0", "conv_stem", "classifier", "silu"))
-register_model(ModelSpec("mixnet_s", "timm", "mixnet_s", "conv_stem", "classifier", "relu/silu"))
+register_model(ModelSpec("resnet18", "torchvision", "resnet18", "conv1", "fc"))
+register_model(ModelSpec("mobilenet_v2", "torchvision", "mobilenet_v2", "features.0.0", "classifier.1"))
+register_model(ModelSpec("efficientnet_b0", "timm", "efficientnet_b0", "conv_stem", "classifier"))
+register_model(ModelSpec("mixnet_s", "timm", "mixnet_s", "conv_stem", "classifier"))
 
 
 def model_spec(name: str) -> ModelSpec:

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import torch
 
+from qbench import phases
 from qbench.baseline import get_baseline
-from qbench.checkpoint import checkpoint_git, checkpoint_meta
+from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta
 from qbench.data import build_data
 from qbench.distributed import current_world, init_world, rank_device
-from qbench.engine import CheckpointError, Diverged, TrainSettings, evaluate, train
-from qbench.methods import Method
-from qbench.models import model_spec
-from qbench.quant.convert import EdgeLayerPolicy, LayerPrecision, plan_precision
-from qbench.quant.kernels import compile_kernels
+from qbench.engine import Diverged, TrainSettings, evaluate, train
+from qbench.methods.registry import RunFacts
 from qbench.provenance import git_state, versions
+from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
 from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
 from qbench.validate import ConfigError
@@ -54,28 +53,13 @@ def place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 
-def prepare_and_calibrate(model: torch.nn.Module, method: Method, cfg: dict,
-                          calibration: list[torch.Tensor], settings: TrainSettings, writer,
-                          resuming: bool) -> tuple[torch.nn.Module, dict[str, LayerPrecision]]:
-    """Swap layers by the precision policy, move the model to its device and initialise its
-    quantizers on the calibration images, with batch norm as fine-tuning will run it (skipped
-    when resuming: the checkpoint holds them).
-    Every initial value goes to TensorBoard under ``init/``."""
-    spec = model_spec(cfg["model"]["name"])
-    q = cfg["quant"]
-    plan = plan_precision(model, cfg["wbits"], cfg["abits"], spec.first_layer, spec.last_layer,
-                          EdgeLayerPolicy(**q["first_layer"]), EdgeLayerPolicy(**q["last_layer"]),
-                          tuple(q["skip_layers"]))
-    model = place(method.prepare(model, plan), settings)
-    if not resuming:
-        batches = (x.to(settings.device) for x in calibration)
-        train_mode = method.trains and not cfg["recipe"]["qat"].get("freeze_bn", False)
-        initial = method.calibrate(model, batches, train_mode)
-        if writer is not None:
-            for name, values in initial.items():
-                for param, value in values.items():
-                    writer.add_scalar(f"init/{name}.{param}", value, 0)
-    return model, plan
+def log_values(writer, tag: str, values: dict[str, dict[str, float]]) -> None:
+    """Each quantizer's values (``{quantizer: {name: value}}``) to TensorBoard under ``tag/``."""
+    if writer is None:
+        return
+    for name, named in values.items():
+        for param, value in named.items():
+            writer.add_scalar(f"{tag}/{name}.{param}", value, 0)
 
 
 def say(message: str) -> None:
@@ -161,9 +145,11 @@ def failed(cell: Cell, error: str, attempts: int) -> dict:
 
 
 def execute(cell: Cell, attempt: int = 1) -> dict:
-    """Compute the cell: data, FP baseline, prepare and calibrate, fine-tune, evaluate; write
-    and return its record. Input errors found on the way (data, weights file) are
-    :class:`ConfigError`; a NaN loss gives a ``diverged`` record."""
+    """Compute the cell: data, FP baseline, then the phases of :mod:`qbench.phases` — plan,
+    prepare, initialise (skipped when resuming: the checkpoint holds the quantizers), fine-tune
+    (methods that train), finalise — evaluate, report; write and return its record. Input
+    errors found on the way (data, weights file) are :class:`ConfigError`; a NaN loss gives a
+    ``diverged`` record."""
     cfg, method, rid = cell.cfg, cell.method, cell.run_id
     settings = settings_of(cfg)
     world = init_world(settings.device)
@@ -187,15 +173,19 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     model = baseline.fresh_copy()
     status, extra, plan = "ok", {}, {}
     writer = _tensorboard(run_dir / "tb") if world.is_main else None
+    resuming = method.trains and cell.checkpoint.exists()
+    calibration = [x.to(settings.device) for x in data.calibration]
     try:
         if method.quantizes:
-            model, plan = prepare_and_calibrate(model, method, cfg, data.calibration, settings,
-                                                writer, resuming=cell.checkpoint.exists())
+            plan = phases.plan_layers(model, cfg, method)
+            model = place(phases.prepare(model, plan, method), settings)
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
             extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
+            if not resuming:
+                log_values(writer, "init", phases.initialize(model, method, cfg, calibration))
         else:
             model = place(model, settings)
-        if method.trains and cell.checkpoint.exists():
+        if resuming:
             written_by = checkpoint_git(cell.checkpoint)
             if written_by and written_by != provenance["git"]:
                 say(f"resuming from a checkpoint written by commit {written_by['commit']} "
@@ -206,7 +196,11 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
                                tag="qat", meta=checkpoint_meta(cfg, rid, plan), world=world)
             extra["resumed_at_epoch"] = resumed_at
         if method.quantizes:
-            extra.update(method.report(model))
+            log_values(writer, "finalize", method.finalize(model, calibration))
+            images = sum(len(x) for x in calibration)
+            facts = RunFacts(baseline.model, plan, None if resuming else images,
+                             None if resuming else len(calibration))
+            extra.update(method.report(model, facts))
         metrics = evaluate(model, data.val, settings.device, settings.channels_last, settings.progress)
     except Diverged as exc:
         status, metrics = "diverged", None

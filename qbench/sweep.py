@@ -1,4 +1,5 @@
-"""One cell of a sweep: its identity, where its files live, and its state on disk.
+"""The cells of a sweep: their identity, where their files live, their state on disk, and the
+check of every cell before a multirun starts (:func:`check_sweep`).
 
 States, as ``dry_run=true`` lists them: ``done`` (a record says ok: skipped), ``partial`` (a
 checkpoint exists: the run resumes from it), ``failed`` / ``diverged`` (a record says so: the
@@ -9,8 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
 from qbench.identity import run_id
 from qbench.methods import Method, create_method
+from qbench.models import create_model
+from qbench.quant.convert import quantizable_layers
 from qbench.report.records import read_record
 from qbench.validate import ConfigError, validate
 
@@ -39,14 +47,25 @@ class Cell:
 def prepare_cell(cfg: dict) -> Cell:
     """Validate ``cfg`` and resolve its method; raises :class:`ConfigError` on a wrong field."""
     validate(cfg)
-    try:
-        method = create_method(cfg["method"])
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    method = create_method(cfg["method"])
+    check_skip_layers(cfg)
     cfg = {**cfg, "method": method.options()}
-    rid = run_id(cfg, method.quantizes)
+    rid = run_id(cfg)
     return Cell(cfg, method, rid, Path(cfg["paths"]["records_dir"]) / f"{rid}.json",
                 Path(cfg["paths"]["runs_dir"]) / "runs" / rid)
+
+
+def check_skip_layers(cfg: dict) -> None:
+    """Every name in ``quant.skip_layers`` must be a conv/linear layer of the model."""
+    skip = cfg["quant"]["skip_layers"]
+    if not skip:
+        return
+    ds = cfg["dataset"]
+    layers = quantizable_layers(create_model(cfg["model"]["name"], ds["num_classes"], ds["in_chans"]))
+    unknown = [name for name in skip if name not in layers]
+    if unknown:
+        raise ConfigError(f"quant.skip_layers names {unknown[0]!r}, which is not a conv/linear layer of "
+                          f"{cfg['model']['name']}; its layers: {', '.join(layers[:6])}, ...")
 
 
 def previous_record(cell: Cell) -> tuple[dict | None, str | None]:
@@ -86,3 +105,39 @@ def set_aside(path: Path) -> Path:
     target = path.with_name(path.name + ".corrupt")
     path.replace(target)
     return target
+
+
+def sweep_cells(overrides: list[str], conf_dir: Path, multirun: bool = True) -> list[list[str]]:
+    """The overrides of every cell that ``qbench -m <overrides>`` launches, expanded as Hydra's
+    basic sweeper does (``hydra.sweeper.params`` of the composed config, then the command
+    line's; its private ``split_arguments`` is reused so the two cannot disagree). Without
+    ``multirun``: the one cell of ``qbench <overrides>``."""
+    task = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    if not multirun:
+        return [task]
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(task) if not o.is_sweep_override()]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.params or {}).items()]
+    return BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
+
+
+def compose_cell(overrides: list[str], conf_dir: Path) -> dict:
+    """The resolved config of one cell (plain dict, Hydra's own settings left out)."""
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def check_sweep(overrides: list[str], conf_dir: Path, multirun: bool = True) -> list[Cell]:
+    """Every cell of the (multi)run, validated with its method built (:func:`prepare_cell`),
+    before any of them runs; a bad cell is a :class:`ConfigError` that names it, so a typo in
+    an experiment file stops the sweep with nothing written instead of skipping the cell."""
+    cells = []
+    for cell_overrides in sweep_cells(overrides, conf_dir, multirun):
+        try:
+            cells.append(prepare_cell(compose_cell(cell_overrides, conf_dir)))
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (sweep cell: {' '.join(cell_overrides)})" if multirun else str(exc)) from None
+    return cells

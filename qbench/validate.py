@@ -1,17 +1,117 @@
-"""Checks of a composed config before any work: one clear line per problem."""
+"""Every check of user input, before any work: one clear line per problem.
+
+:func:`validate` checks a composed config; :func:`check_options` checks a method's options
+against the types of its ``Config`` dataclass (``bool``, ``int``, ``float``, ``str``,
+``Literal[...]`` choices, ``None``, unions of these, and :class:`Bound` annotations such as
+:data:`PositiveInt`), so a YAML file and its dataclass cannot drift apart silently and a wrong
+type is an error, never a truthy string. :func:`fail` is how both CLIs end on bad input.
+"""
 from __future__ import annotations
 
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, NoReturn, Union
 
+from qbench.data import DATASETS
 from qbench.engine import OPTIMIZERS, SCHEDULES
 from qbench.models import MODELS
 
 BITS_RANGE = range(2, 9)
-DATASETS = ("fashion_mnist", "cifar10", "imagenet")
 
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the field and what is allowed."""
+
+
+def fail(message: str, prog: str = "qbench") -> NoReturn:
+    """End a command on bad input: one line on stderr, exit code 2, no traceback."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` (cross-field checks)."""
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A lower bound of a number field: ``value > low`` when ``strict``, else ``value >= low``."""
+
+    low: float
+    strict: bool = False
+
+    def holds(self, value: float) -> bool:
+        return value > self.low if self.strict else value >= self.low
+
+    def describe(self) -> str:
+        return f"> {self.low:g}" if self.strict else f"≥ {self.low:g}"
+
+
+PositiveInt = Annotated[int, Bound(1)]
+Count = Annotated[int, Bound(0)]
+PositiveFloat = Annotated[float, Bound(0, strict=True)]
+ActSigned = Union[bool, Literal["auto"]]  # the grid of activation outputs; auto: signed where calibration sees negatives
+
+
+def _conforms(value: object, hint: object) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        bounds = [a for a in args[1:] if isinstance(a, Bound)]
+        return _conforms(value, args[0]) and all(b.holds(value) for b in bounds)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    raise TypeError(f"option type {hint!r} is not supported by check_options")
+
+
+def _alternatives(hint: object) -> list[str]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        bounds = " ".join(a.describe() for a in args[1:] if isinstance(a, Bound))
+        return [f"{text} {bounds}".strip() for text in _alternatives(args[0])]
+    if origin in (Union, types.UnionType):
+        return [text for a in args for text in _alternatives(a)]
+    if origin is Literal:
+        return [str(a) for a in args]
+    return [{type(None): "null", bool: "true", int: "an integer", float: "a number", str: "a string"}[hint]] + (
+        ["false"] if hint is bool else [])
+
+
+def _describe(hint: object) -> str:
+    """What a value of type ``hint`` may be, in words: ``learned, xmin, zero or null``."""
+    texts = _alternatives(hint)
+    return texts[0] if len(texts) == 1 else ", ".join(texts[:-1]) + " or " + texts[-1]
+
+
+def check_options(prefix: str, owner: str, config_class: type, options: dict) -> None:
+    """Raise :class:`ConfigError` if ``options`` names a field ``config_class`` lacks, or gives
+    a field a value its type annotation does not admit. ``prefix`` names the group in the
+    message (``method``), ``owner`` whose options they are (``method lsq``)."""
+    hints = typing.get_type_hints(config_class, include_extras=True)
+    fields = [f.name for f in dataclasses.fields(config_class)]
+    for key, value in options.items():
+        if key not in fields:
+            raise ConfigError(f"{prefix}.{key} is not an option of {owner}; "
+                              f"allowed: {', '.join(sorted(fields)) or 'none'}")
+        if not _conforms(value, hints[key]):
+            raise ConfigError(f"{prefix}.{key}={value!r} is not allowed for {owner}; use {_describe(hints[key])}")
 
 
 def _check_positive_number(field: str, value: object) -> None:
@@ -55,7 +155,7 @@ def validate(cfg: dict) -> None:
     _check_bool("dry_run", cfg["dry_run"])
     _check_positive_int("retries", cfg["retries"], allow_zero=True)
     _check_positive_int("seed", cfg["seed"], allow_zero=True)
-    _check_choice("dataset.name", cfg["dataset"]["name"], DATASETS)
+    _check_choice("dataset.name", cfg["dataset"]["name"], tuple(DATASETS))
     _check_bits("wbits", cfg["wbits"])
     _check_bits("abits", cfg["abits"])
     for edge in ("first_layer", "last_layer"):

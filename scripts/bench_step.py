@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from qbench.methods import create_method
 from qbench.models import create_model, model_spec
+from qbench.phases import prepare
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.kernels import compile_kernels
 
@@ -58,8 +59,8 @@ def main() -> None:
         plan = plan_precision(quant, args.bits, args.bits, spec.first_layer, spec.last_layer,
                               EdgeLayerPolicy(), EdgeLayerPolicy())
         method = create_method({"name": name})
-        quant = method.prepare(quant, plan)
-        method.calibrate(quant, [x[:32]])
+        quant = prepare(quant, plan, method)
+        method.initialize(quant, [x[:32]], train_mode=False)
         models[name] = quant.to(memory_format=fmt).train()
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}

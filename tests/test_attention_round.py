@@ -9,11 +9,16 @@ import torch
 
 from qbench.methods import create_method
 from qbench.models import create_model
+from qbench.phases import prepare
+from qbench.quant.attention_round import (
+    AttentionRoundQuantizer,
+    annealed_sigma,
+    attention_probabilities,
+    attention_round,
+)
 from qbench.quant.calibrate import weight_quantizers
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-from qbench.quant.attention_round import (AttentionRoundQuantizer, annealed_sigma, attention_probabilities,
-                                          attention_round)
-from qbench.quant.lsq import integer_range
+from qbench.quant.grid import integer_range
 from qbench.quant.mixed_precision import allocate_bits, bits_per_weight, coding_length
 from qbench.run import run
 
@@ -148,8 +153,9 @@ def test_bit_allocation_refuses_a_budget_below_the_minimum():
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("relaxation", "gumbel", "method.relaxation='gumbel' is not allowed; use expected, sample"),
-    ("reconstruction", "net", "method.reconstruction='net' is not allowed; use block, layer"),
+    ("relaxation", "gumbel", "method.relaxation='gumbel' is not allowed for method attention_round; use expected or sample"),
+    ("reconstruction", "net", "method.reconstruction='net' is not allowed for method attention_round; use block or layer"),
+    ("epochs", "6", "method.epochs='6' is not allowed for method attention_round; use a number > 0"),
     ("window", 0, "method.window=0 is not allowed"),
     ("sigma_end", 0.9, "method.sigma_end=0.9 is not allowed"),
     ("mp_min_bits", 1, "method.mp_min_bits=1"),
@@ -187,8 +193,10 @@ def test_attention_round_lowers_every_block_error_below_nearest():
     model = create_model("resnet18", 10, 1).eval()
     plan = plan_precision(model, 2, 8, "conv1", "fc", EdgeLayerPolicy(), EdgeLayerPolicy())
     method = create_method({"name": "attention_round", "epochs": 30})
-    model = method.prepare(model, plan)
-    log = method.calibrate(model, list(torch.randn(64, 1, 28, 28).split(32)))
+    model = prepare(model, plan, method)
+    batches = list(torch.randn(64, 1, 28, 28).split(32))
+    method.initialize(model, batches, train_mode=False)
+    log = method.finalize(model, batches)
     blocks = {k: v for k, v in log.items() if "error_rounded" in v}
     assert list(blocks) == ["conv1", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
                             "layer3.1", "layer4.0", "layer4.1", "fc"]
@@ -210,3 +218,15 @@ def test_mixed_precision_records_its_per_layer_bits(make_config):
     assert all(record["layer_precision"][k][0] == bits[k] for k in bits)
     ranked = sorted(lengths, key=lengths.get)
     assert all(bits[a] <= bits[b] for a, b in zip(ranked, ranked[1:]))
+
+
+def test_mixed_precision_leaves_edge_layers_at_their_policy_even_at_the_body_bits():
+    model = create_model("resnet18", 10, 1)
+    edge = EdgeLayerPolicy(weight_bits=4, input_bits=8)  # the first layer at the body's bits
+    plan = plan_precision(model, 4, 8, "conv1", "fc", edge, EdgeLayerPolicy())
+    method = create_method({"name": "ptq_nearest", "mixed_precision": True})
+    adjusted = method.adjust_plan(model, plan)
+    assert plan["conv1"].role == "first" and plan["fc"].role == "last"
+    assert adjusted["conv1"] == plan["conv1"] and adjusted["fc"] == plan["fc"]
+    body = [name for name, p in plan.items() if p.role == "body"]
+    assert len({adjusted[name].weight_bits for name in body}) > 1

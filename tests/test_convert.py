@@ -4,7 +4,8 @@ import torch
 
 from qbench.methods import create_method
 from qbench.models import MODELS, create_model
-from qbench.quant import EdgeLayerPolicy, QuantConv2d, QuantLinear, plan_precision, quantize_model
+from qbench.phases import prepare
+from qbench.quant import EdgeLayerPolicy, QuantConv2d, QuantLinear, plan_precision
 from qbench.quant.calibrate import input_quantizers, weight_quantizers
 from qbench.quant.convert import quantizable_layers
 
@@ -12,7 +13,7 @@ from qbench.quant.convert import quantizable_layers
 def lsq_model(wbits=3, abits=2, first=EdgeLayerPolicy(), last=EdgeLayerPolicy(), skip=()):
     model = create_model("resnet18", 10, 1)
     plan = plan_precision(model, wbits, abits, "conv1", "fc", first, last, skip)
-    return create_method({"name": "lsq"}).prepare(model, plan), plan
+    return prepare(model, plan, create_method({"name": "lsq"})), plan
 
 
 def test_edge_layers_at_8_bits_and_the_image_input_signed():
@@ -42,7 +43,7 @@ def test_every_conv_and_linear_is_converted_and_shares_its_parameters():
     spec = MODELS["mobilenet_v2"]
     plan = plan_precision(model, 4, 4, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy(),
                           skip=("features.1.conv.1",))
-    create_method({"name": "lsq"}).prepare(model, plan)
+    prepare(model, plan, create_method({"name": "lsq"}))
     for name, m in model.named_modules():
         if name in weights and name != "features.1.conv.1":
             assert isinstance(m, (QuantConv2d, QuantLinear)), name
@@ -59,9 +60,9 @@ def test_unknown_layer_name_is_an_error():
 def test_calibration_initialises_every_quantizer_from_float_inputs():
     model, _ = lsq_model(wbits=4, abits=4)
     batches = [torch.randn(8, 1, 28, 28) for _ in range(2)]
-    initial = create_method({"name": "lsq"}).calibrate(model, batches)
+    initial = create_method({"name": "lsq"}).initialize(model, batches, train_mode=False)
     for name, q in {**weight_quantizers(model), **input_quantizers(model)}.items():
-        assert q.initialized.item() and q.step.item() > 0, name
+        assert q.initialized and q.step.item() > 0, name
     assert "conv1.input_quantizer" in initial
     # The image quantizer's step comes from the images: 2·mean|x|/√127.
     expected = 2 * torch.cat(batches).abs().mean().item() / 127**0.5
@@ -73,5 +74,5 @@ def test_unknown_method_and_option_are_clear_errors():
         create_method({"name": "nope"})
     with pytest.raises(ValueError, match="method.colour is not an option of method lsq"):
         create_method({"name": "lsq", "colour": 1})
-    with pytest.raises(ValueError, match="act_signed must be one of"):
+    with pytest.raises(ValueError, match="method.act_signed='maybe' is not allowed for method lsq; use true, false or auto"):
         create_method({"name": "lsq", "act_signed": "maybe"})

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from qbench.engine import CheckpointError, Diverged, TrainSettings, build_optimizer, lr_multiplier, train
+from qbench.checkpoint import CheckpointError
+from qbench.engine import Diverged, TrainSettings, build_optimizer, lr_multiplier, train
 from qbench.quant import LearnedStepQuantizer, Observation
 
 
@@ -133,7 +134,7 @@ def test_a_checkpoint_that_does_not_match_is_a_checkpoint_error(tmp_path):
     settings = TrainSettings(torch.device("cpu"), progress=False)
     train(Tiny(), ListBatches(), recipe(epochs=1), tmp_path, settings, seed=0, meta={"run_id": "abc"})
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["meta"] == {"run_id": "abc"} and state["model"]["q.initialized"]
+    assert state["meta"] == {"run_id": "abc"} and state["model"]["q._extra_state"]["initialized"]
     del state["model"]["q.step"]
     torch.save(state, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=r"does not match this run \(Missing key.*q\.step"):

@@ -1,5 +1,6 @@
 """FAQ: the fixed-point quantizer against its formula, the calibration statistic against numpy,
 the 8-bit edge layers, the per-layer cosine similarity and one run end to end."""
+import copy
 import math
 
 import numpy as np
@@ -10,11 +11,13 @@ from torch import nn
 from qbench.identity import baseline_config
 from qbench.methods import create_method
 from qbench.methods.faq import weight_cosine
+from qbench.methods.registry import RunFacts
 from qbench.models import MODELS, create_model
+from qbench.phases import prepare
 from qbench.quant.calibrate import input_quantizers, quantized_layers, weight_quantizers
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.faq import FixedPointFakeQuant, FixedPointQuantizer, fixed_point_step, percentile
-from qbench.quant.lsq import integer_range
+from qbench.quant.grid import integer_range
 from qbench.quant.observer import Observation
 from qbench.run import qat_recipe, run
 
@@ -127,9 +130,9 @@ def test_calibration_takes_the_configured_batches_and_percentiles():
     for h in hooks:
         h.remove()
     method = create_method({"name": "faq", "calib_batches": 2})
-    model = method.prepare(model, toy_plan(model, 4))
-    method.calibrate(model, iter(batches))
-    assert method.calib_batches_used == 2
+    model = prepare(model, toy_plan(model, 4), method)
+    method.initialize(model, batches, train_mode=False)
+    assert method.report(model, facts(toy_model(), model, len(batches)))["calib_batches_used"] == 2
     for name, q in input_quantizers(model).items():
         values = torch.cat(seen[name]).abs().numpy()
         level = 99.99 if q.bits == 8 else 99.9
@@ -146,7 +149,7 @@ def test_first_and_last_layers_stay_at_8_bits_in_a_w4a4_network(make_config):
     plan = plan_precision(model, cfg["wbits"], cfg["abits"], spec.first_layer, spec.last_layer,
                           EdgeLayerPolicy(**q["first_layer"]), EdgeLayerPolicy(**q["last_layer"]))
     method = create_method(cfg["method"])
-    model = method.prepare(model, plan)
+    model = prepare(model, plan, method)
     weights, inputs = weight_quantizers(model), input_quantizers(model)
     for name in quantized_layers(model):
         edge = name in (spec.first_layer, spec.last_layer)
@@ -164,13 +167,19 @@ def test_cosine_similarity_per_layer():
     assert cos["z"] == pytest.approx(1.0)
 
 
+def facts(fp_model, model, batches: int | None) -> RunFacts:
+    """What the runner would tell ``report``: 4 images a batch, ``None`` when resumed."""
+    return RunFacts(fp_model, toy_plan(fp_model, 4), None if batches is None else 4 * batches, batches)
+
+
 def test_report_compares_quantized_weights_to_the_fp_weights_layer_by_layer():
     model = toy_model()
+    fp_model = copy.deepcopy(model)
     fp = {name: model.get_submodule(name).weight.detach().clone() for name in ("0", "2", "4", "7")}
     method = create_method({"name": "faq"})
-    model = method.prepare(model, toy_plan(model, 4))
-    method.calibrate(model, [torch.randn(4, 1, 12, 12)])
-    report = method.report(model)
+    model = prepare(model, toy_plan(model, 4), method)
+    method.initialize(model, [torch.randn(4, 1, 12, 12)], train_mode=False)
+    report = method.report(model, facts(fp_model, model, 1))
     assert sorted(report["weight_cosine"]) == ["0", "2", "4", "7"]
     for name, layer in quantized_layers(model).items():
         expected = weight_cosine({name: fp[name]}, {name: layer.weight_quantizer(layer.weight)})[name]
@@ -179,7 +188,8 @@ def test_report_compares_quantized_weights_to_the_fp_weights_layer_by_layer():
     assert report["weight_cosine_mean"] == pytest.approx(np.mean(list(report["weight_cosine"].values())))
     with torch.no_grad():
         model.get_submodule("2").weight.mul_(-1)
-    assert method.report(model)["weight_cosine"]["2"] < -0.8
+    resumed = method.report(model, facts(fp_model, model, None))
+    assert resumed["weight_cosine"]["2"] < -0.8 and resumed["calib_batches_used"] is None
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -189,7 +199,8 @@ def test_report_compares_quantized_weights_to_the_fp_weights_layer_by_layer():
     ("weight_range", "ema", "method.weight_range='ema' is not allowed"),
     ("ste", "soft", "method.ste='soft' is not allowed"),
     ("calib_batches", 0, "method.calib_batches=0 is not allowed"),
-    ("act_signed", "maybe", "method.act_signed must be one of"),
+    ("act_signed", "maybe", "method.act_signed='maybe' is not allowed for method faq; use true, false or auto"),
+    ("act_signed", "false", "method.act_signed='false' is not allowed for method faq; use true, false or auto"),
 ])
 def test_bad_options_are_one_clear_error(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -217,23 +228,3 @@ def test_a_w4a4_run_records_the_weight_cosine(make_config):
     assert record["calib_batches_used"] == 1
     steps = [s for pair in record["fixed_point_steps"].values() for s in pair]
     assert all(math.log2(s) == round(math.log2(s)) for s in steps)
-
-
-def test_compiled_kernel_matches_the_eager_one():
-    from qbench.quant.kernels import compile_kernels
-
-    torch.manual_seed(0)
-    v = torch.randn(6, 5, 4, 3).contiguous(memory_format=torch.channels_last)
-    upstream = torch.randn(6, 5, 4, 3)
-    results = []
-    for compiled in (False, True):
-        compile_kernels(compiled)
-        try:
-            x = v.clone().requires_grad_(True)
-            out = FixedPointFakeQuant.apply(x, torch.tensor(0.25), -8, 7, True)
-            out.backward(upstream)
-            results.append((out, x.grad))
-        finally:
-            compile_kernels(False)
-    for eager, compiled in zip(*results):
-        torch.testing.assert_close(compiled, eager)

@@ -3,12 +3,13 @@ import pytest
 import torch
 from torch import nn
 
+from qbench.methods import create_method
 from qbench.models import create_model
+from qbench.phases import prepare
 from qbench.quant import EdgeLayerPolicy, plan_precision
 from qbench.quant.calibrate import input_quantizers
 from qbench.quant.convert import quantizable_layers
 from qbench.quant.graph import activation_fed_layers
-from qbench.methods import create_method
 
 
 class Toy(nn.Module):
@@ -63,7 +64,7 @@ def test_unsigned_config_keeps_residual_stream_signed():
     block's first 1×1 conv (signed data) gets a signed grid, its depthwise conv an unsigned one."""
     model = create_model("efficientnet_b0", 10, 1)
     plan = plan_precision(model, 4, 4, "conv_stem", "classifier", EdgeLayerPolicy(), EdgeLayerPolicy())
-    model = create_method({"name": "lsq"}).prepare(model, plan)
+    model = prepare(model, plan, create_method({"name": "lsq"}))
     aq = input_quantizers(model)
     assert aq["blocks.1.0.conv_pw"].signed is True
     assert aq["blocks.1.0.conv_dw"].signed is False

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qbench.identity import FLOAT_METHODS, quantizes, run_id, seed_free_identity
+from qbench.identity import quantizes, run_id, seed_free_identity
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
 
@@ -15,15 +15,11 @@ def test_published_records_are_named_by_the_run_id_of_their_config():
     assert paths
     for path in paths:
         cfg = json.loads(path.read_text())["config"]
-        assert run_id(cfg, quantizes(cfg)) == path.stem
+        assert run_id(cfg) == path.stem
 
 
-def test_float_methods_are_the_registry_methods_that_do_not_quantize():
-    from qbench.methods import METHODS  # imported here: identity.py reads records without the methods
-    assert set(FLOAT_METHODS) == {name for name, method in METHODS.items() if not method.quantizes}
-
-
-@pytest.mark.parametrize("method, expected", [("fp", False), ("lsq", True), ("attention_round", True)])
+@pytest.mark.parametrize("method, expected", [("fp", False), ("lsq", True), ("attention_round", True),
+                                              ("a_retired_method", True)])
 def test_quantizes_reads_the_method_name_of_a_record(method, expected):
     assert quantizes({"method": {"name": method}}) is expected
 

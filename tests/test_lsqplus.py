@@ -1,5 +1,4 @@
 """LSQ+: configuration presets, initialisations, offset modes, and LSQ as its configuration 1."""
-import copy
 import math
 
 import pytest
@@ -8,6 +7,7 @@ import torch.nn.functional as F
 
 from qbench.methods import create_method
 from qbench.models import create_model
+from qbench.phases import prepare
 from qbench.quant import EdgeLayerPolicy, LearnedStepQuantizer, Observation, plan_precision
 from qbench.quant.calibrate import input_quantizers, weight_quantizers
 
@@ -26,9 +26,12 @@ def test_explicit_fields_override_the_preset():
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"config": 5}, "method.config=5 is not allowed; use 1, 2, 3 or 4"),
-    ({"init": "kaiming"}, "method.init='kaiming' is not allowed; use minmax, lsq, lsqplus"),
-    ({"offset": "median"}, "method.offset='median' is not allowed; use learned, xmin, zero"),
+    ({"config": 5}, "method.config=5 is not allowed for method lsqplus; use 1, 2, 3 or 4$"),
+    ({"config": "4"}, "method.config='4' is not allowed for method lsqplus; use 1, 2, 3 or 4$"),
+    ({"init": "kaiming"}, "method.init='kaiming' is not allowed for method lsqplus; use minmax, lsq or lsqplus$"),
+    ({"offset": "median"}, "method.offset='median' is not allowed for method lsqplus; use zero, learned, xmin or null$"),
+    ({"act_signed": "auto"}, "method.act_signed='auto' is not allowed for method lsqplus; use true, false or null$"),
+    ({"calib_batches": 0}, "method.calib_batches=0 is not allowed for method lsqplus; use an integer ≥ 1 or null$"),
     ({"config": 1, "offset": "learned"}, "needs an asymmetric activation grid"),
 ])
 def test_bad_options_are_clear_errors(options, message):
@@ -46,7 +49,7 @@ def reconstruction_error(q, batches):
         return sum((q(x) - x).square().sum().item() for x in batches)
 
 
-@pytest.mark.parametrize("signed,offset", [(False, "learned"), (True, "learned"), (False, "none"), (True, "none")])
+@pytest.mark.parametrize("signed,offset", [(False, "learned"), (True, "learned"), (False, "zero"), (True, "zero")])
 @pytest.mark.parametrize("bits", [2, 4])
 def test_mse_init_beats_lsq_and_minmax_on_the_same_batches(signed, offset, bits):
     batches = swish_batches()
@@ -111,8 +114,8 @@ def prepared(method_options, seed=0):
     model = create_model("resnet18", 10, 1)
     plan = plan_precision(model, 4, 4, "conv1", "fc", EdgeLayerPolicy(), EdgeLayerPolicy())
     method = create_method(method_options)
-    model = method.prepare(model, plan)
-    method.calibrate(model, [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))])
+    model = prepare(model, plan, method)
+    method.initialize(model, [torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))], train_mode=False)
     return model
 
 

@@ -55,9 +55,9 @@ def test_run_identity_ignores_paths_and_runtime_but_not_results(make_config, tmp
     from qbench.identity import run_id
 
     base = make_config()
-    assert run_id(base, True) == run_id(make_config("runtime.progress=true", "runtime.threads=1"), True)
-    assert run_id(base, True) != run_id(make_config("quant.first_layer.weight_bits=4"), True)
-    assert run_id(make_config("method=fp", "bits=2"), False) == run_id(make_config("method=fp", "bits=4"), False)
+    assert run_id(base) == run_id(make_config("runtime.progress=true", "runtime.threads=1"))
+    assert run_id(base) != run_id(make_config("quant.first_layer.weight_bits=4"))
+    assert run_id(make_config("method=fp", "bits=2")) == run_id(make_config("method=fp", "bits=4"))
 
 
 def test_weight_decay_follows_weight_bits(make_config):
@@ -84,7 +84,7 @@ def qbench(*args, tmp_path):
     (["dataset=imagenet"], "dataset.root must be set"),
     (["model.weights=/nonexistent.pt"], "model.weights=/nonexistent.pt is not a file"),
     (["+method.colour=red"], "method.colour is not an option of method lsq"),
-    (["method=lsqplus", "method.config=7"], "method.config=7 is not allowed; use 1, 2, 3 or 4"),
+    (["method=lsqplus", "method.config=7"], "method.config=7 is not allowed for method lsqplus; use 1, 2, 3 or 4"),
     (["method=lsqplus", "method.offset=median"], "method.offset='median' is not allowed"),
     (["method=apot", "method.levels=lloyd"], "method.levels='lloyd' is not allowed"),
     (["bits=0"], "wbits=0 is not allowed; use an integer from 2 to 8"),
@@ -104,7 +104,15 @@ def qbench(*args, tmp_path):
     (["calib.num_images=0"], "calib.num_images=0 is not allowed; use an integer ≥ 1"),
     (["dataset=imagenet", "dataset.root=/nonexistent"], "dataset.root=/nonexistent is not a folder with train/"),
     (["model.weights={tmp}/corrupt.pt"], "is not a readable PyTorch state dict"),
-    (["method.act_signed=maybe"], "method.act_signed must be one of false, true, auto; got 'maybe'"),
+    *[([f"method={m}", "method.act_signed=maybe"], f"method.act_signed='maybe' is not allowed for method {m}; use true")
+      for m in ("lsq", "lsqplus", "apot", "faq", "ptq_nearest", "attention_round")],
+    (["method=fp", "+method.act_signed=maybe"], "method.act_signed is not an option of method fp"),
+    (["method=apot", "method.act_signed=auto"], "method.act_signed='auto' is not allowed for method apot; use true or false"),
+    (["method=lsqplus", "method.act_signed=auto"], "method.act_signed='auto' is not allowed for method lsqplus"),
+    (["method=apot", "method.weight_grad_outside=2"], "method.weight_grad_outside=2 is not allowed for method apot; use auto, 0 or 1"),
+    (["quant.skip_layers=[layer9.conv]"], "quant.skip_layers names 'layer9.conv', which is not a conv/linear layer of resnet18"),
+    (["-m", "method=lsqplus", "method.offset=learned,learnd"],
+     "method.offset='learnd' is not allowed for method lsqplus; use zero, learned, xmin or null (sweep cell: method=lsqplus method.offset=learnd)"),
     (["runtime.device=tpu"], "runtime.device='tpu' is not allowed; use auto, cpu or cuda"),
     (["retries=-1"], "retries=-1 is not allowed; use an integer ≥ 0"),
     (["seeds=0"], "seeds='0' is not allowed; use an integer ≥ 1"),
@@ -119,6 +127,7 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("qbench: error: ") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "records").exists() or not any((tmp_path / "records").iterdir())
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_identity_uses_the_options_as_the_method_resolves_them(make_config):
@@ -127,7 +136,7 @@ def test_identity_uses_the_options_as_the_method_resolves_them(make_config):
 
     def rid(*overrides):
         cfg = make_config("method=lsqplus", *overrides)
-        return run_id({**cfg, "method": create_method(cfg["method"]).options()}, True)
+        return run_id({**cfg, "method": create_method(cfg["method"]).options()})
 
     assert rid("method.config=4") == rid("method.config=4", "method.offset=learned", "method.act_signed=false")
     assert rid("method.config=4") != rid("method.config=3")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from qbench.checkpoint import rebuild
+from qbench.checkpoint import CheckpointError
 from qbench.cli import expand_seeds
-from qbench.engine import CheckpointError
+from qbench.evaluate import rebuild
 from qbench.sweep import prepare_cell
 from tests.conftest import TINY
 

@@ -101,7 +101,9 @@ def test_cli_writes_markdown_and_csv_and_skips_a_corrupt_record(tmp_path, capsys
     assert (tmp_path / "out" / "lsq_resnet18.csv").exists()
     assert main(["--all", *dirs, "--out-dir", str(tmp_path / "out")]) == 0
     assert len(records_frame(records)) == 1
-    assert main(["no_such_table", *dirs, "--out-dir", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["no_such_table", *dirs, "--out-dir", str(tmp_path / "o")])
+    assert exit_.value.code == 2
     assert "unknown table 'no_such_table'; allowed: " in capsys.readouterr().err
 
 

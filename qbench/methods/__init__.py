@@ -1,6 +1,11 @@
-"""Quantization methods, one module each, registered by name. Importing this package registers
-every method."""
-from qbench.methods import apot, attention_round, faq, fp, lsq, lsqplus  # noqa: F401  (registration side effect)
-from qbench.methods.registry import METHODS, Method, create_method, register_method
+"""Quantization methods, one module each, registered by name. Importing this package imports
+every module in it, so a new method is one file (and its ``conf/method/<name>.yaml``)."""
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Method", "create_method", "register_method"]
+from qbench.methods.registry import METHODS, Method, RunFacts, create_method, register_method
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "Method", "RunFacts", "create_method", "register_method"]

@@ -23,61 +23,45 @@ absorbs it: fine-tune with batch norm on batch statistics (``recipe.qat.freeze_b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
-import torch
-from torch import nn
+from typing import Literal
 
 from qbench.methods.registry import Method, register_method
-from qbench.quant.apot import APOT_TERMS, LEVEL_KINDS, APoTQuantizer, MaxScaledQuantizer
+from qbench.quant.apot import APOT_TERMS, APoTQuantizer, LevelKind, MaxScaledQuantizer
 from qbench.quant.base import Quantizer
-from qbench.quant.calibrate import initialize_quantizers
-from qbench.quant.convert import LayerPrecision, quantize_model
+from qbench.quant.convert import LayerPrecision
+from qbench.validate import PositiveFloat
 
 MAX_APOT_BITS = max(APOT_TERMS)  # widest level set defined (activations; weights: one more)
 EDGE_BITS = 7  # weights of 7-8 bits (the edge layers) use the official max-scaled uniform grid
 
 
-@register_method("apot")
+@register_method("apot", trains=True)
 class APoT(Method):
-    trains = True
 
     @dataclass
     class Config:
-        levels: str = "apot"
-        weight_alpha_init: float = 3.0
-        act_alpha_init: float = 8.0
+        levels: LevelKind = "apot"
+        weight_alpha_init: PositiveFloat = 3.0
+        act_alpha_init: PositiveFloat = 8.0
         weight_norm: bool = True
-        weight_grad_outside: str = "auto"
+        weight_grad_outside: Literal["auto", 0, 1] = "auto"
         act_signed: bool = False
 
-        def __post_init__(self) -> None:
-            if self.levels not in LEVEL_KINDS:
-                raise ValueError(f"method.levels={self.levels!r} is not allowed; use {', '.join(LEVEL_KINDS)}")
-            if str(self.weight_grad_outside) not in ("auto", "0", "1", "0.0", "1.0"):
-                raise ValueError(f"method.weight_grad_outside={self.weight_grad_outside!r} is not allowed; use auto, 0 or 1")
-
     def _grad_outside(self, bits: int) -> float:
-        if str(self.config.weight_grad_outside) == "auto":
+        if self.config.weight_grad_outside == "auto":
             return 1.0 if bits == 2 else 0.0
         return float(self.config.weight_grad_outside)
 
-    def make_weight_quantizer(self, bits: int) -> Quantizer:
+    def weight_quantizer(self, layer: LayerPrecision) -> Quantizer:
+        bits = layer.weight_bits
         if bits >= EDGE_BITS:
             return MaxScaledQuantizer(bits)
         c = self.config
         return APoTQuantizer(bits, signed=True, levels=c.levels, alpha_init=c.weight_alpha_init,
                              weight_norm=c.weight_norm, grad_outside=self._grad_outside(bits))
 
-    def make_input_quantizer(self, bits: int, signed: bool | None) -> Quantizer:
+    def input_quantizer(self, layer: LayerPrecision) -> Quantizer:
         c = self.config
-        signed = c.act_signed if signed is None else signed
-        if bits > MAX_APOT_BITS:
-            return APoTQuantizer(bits, signed=signed, levels="uniform", alpha_init=c.act_alpha_init)
-        return APoTQuantizer(bits, signed=signed, levels=c.levels, alpha_init=c.act_alpha_init)
-
-    def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
-        return quantize_model(model, plan, self.make_weight_quantizer, self.make_input_quantizer)
-
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
-        return initialize_quantizers(model, batches, train_mode=train_mode)
+        signed = bool(layer.input_signed) or c.act_signed
+        levels = "uniform" if layer.input_bits > MAX_APOT_BITS else c.levels
+        return APoTQuantizer(layer.input_bits, signed=signed, levels=levels, alpha_init=c.act_alpha_init)

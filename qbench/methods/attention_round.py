@@ -15,9 +15,8 @@ fine-tuned by the shared trainer.
   :mod:`qbench.quant.attention_round`, optimises the rounding offsets by output reconstruction
   unit by unit (:mod:`qbench.quant.reconstruct`) while the width σ anneals, then hard-quantizes.
 
-``mixed_precision=true`` (either method) replaces the run's weight bits of the body layers —
-those at the plan's most common weight bit-width, ``wbits``; edge layers keep their policy —
-by per-layer bits from the lossy coding length of each layer's weights
+``mixed_precision=true`` (either method) replaces the run's weight bits of the body layers
+(the plan's role ``body``; the first and last layers keep their policy) by per-layer bits from the lossy coding length of each layer's weights
 (:mod:`qbench.quant.mixed_precision`), with ``wbits`` as the parameter-weighted average budget.
 The record then holds the chosen bits (``weight_bits_per_layer``, ``layer_precision``).
 
@@ -30,91 +29,89 @@ layer-wise reconstruction (``reconstruction``), the block input (``block_input``
 network's, as BRECQ), passes over the calibration set / batch size / learning rate per unit
 (``epochs``: 6 passes of 1,024 images at batch 32 are 192 Adam steps per unit), the weight grid
 (``weight_granularity``, ``weight_step_init``), the activation quantizer (``act_init``,
-``act_signed``), and the coding-length distortion, bit range and bits per standard deviation of coding length
-(``mp_bits_per_std``) of mixed precision.
+``act_signed``, ``calib_max_samples``), and the coding-length distortion, bit range and bits per
+standard deviation of coding length (``mp_bits_per_std``) of mixed precision.
+
+Phases: ``adjust_plan`` (mixed precision), ``initialize`` (weight grids from the weights,
+activation ranges from the float network), ``finalize`` (the rounding, then every weight
+hard-quantized).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from qbench.methods.lsq import parse_signedness
-from qbench.methods.registry import Method, register_method
-from qbench.quant.attention_round import (GRANULARITIES, RELAXATIONS, STEP_INITS, AttentionRoundQuantizer,
-                                          mse_step)
+from qbench.methods.registry import Method, RunFacts, input_signedness, register_method
+from qbench.quant.attention_round import AttentionRoundQuantizer, Granularity, GridInit, Relaxation, mse_step
 from qbench.quant.calibrate import input_quantizers, observe_inputs, quantized_layers, weight_quantizers
-from qbench.quant.convert import LayerPrecision, quantize_model
+from qbench.quant.convert import LayerPrecision
 from qbench.quant.lsq import LearnedStepQuantizer
 from qbench.quant.mixed_precision import allocate_bits, bits_per_weight
 from qbench.quant.observer import Observation
-from qbench.quant.reconstruct import GRANULARITIES as RECONSTRUCTIONS
-from qbench.quant.reconstruct import optimise_unit, reconstruct
+from qbench.quant.reconstruct import Reconstruction, optimise_unit, reconstruct
+from qbench.validate import ActSigned, Bound, PositiveFloat, PositiveInt, require
 
-ACT_INITS = ("mse", "minmax")
-BLOCK_INPUTS = ("quantized", "float")
-
-
-def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not allowed; use {', '.join(allowed)}")
+MP_BITS = range(2, 9)  # bit-widths mixed precision may choose from
 
 
-def _positive(field: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{field}={value!r} is not allowed; use a number > 0")
+def body_layers(plan: dict[str, LayerPrecision]) -> list[str]:
+    """The layers whose weights run at ``wbits`` by the policy (role ``body``)."""
+    return [name for name, p in plan.items() if p.role == "body" and p.weight_bits]
 
 
-@register_method("ptq_nearest")
+@register_method("ptq_nearest", trains=False)
 class PTQNearest(Method):
-    trains = False
 
     @dataclass
     class Config:
-        weight_granularity: str = "channel"
-        weight_step_init: str = "mse"
-        act_init: str = "mse"
-        act_signed: str = "auto"
-        act_calib_max_samples: int = 1 << 16
+        weight_granularity: Granularity = "channel"
+        weight_step_init: GridInit = "mse"
+        act_init: GridInit = "mse"
+        act_signed: ActSigned = "auto"
+        calib_max_samples: PositiveInt = 1 << 16
         mixed_precision: bool = False
-        mp_min_bits: int = 2
-        mp_max_bits: int = 8
-        coding_distortion: float = 0.1
-        mp_bits_per_std: float = 1.0
+        mp_min_bits: Annotated[int, Bound(MP_BITS.start)] = 2
+        mp_max_bits: Annotated[int, Bound(MP_BITS.start)] = 8
+        coding_distortion: PositiveFloat = 0.1
+        mp_bits_per_std: PositiveFloat = 1.0
 
         def __post_init__(self) -> None:
-            _choice("method.weight_granularity", self.weight_granularity, GRANULARITIES)
-            _choice("method.weight_step_init", self.weight_step_init, STEP_INITS)
-            _choice("method.act_init", self.act_init, ACT_INITS)
-            parse_signedness(self.act_signed, "method.act_signed")
-            _positive("method.act_calib_max_samples", self.act_calib_max_samples)
-            _positive("method.coding_distortion", self.coding_distortion)
-            _positive("method.mp_bits_per_std", self.mp_bits_per_std)
-            if not 2 <= self.mp_min_bits <= self.mp_max_bits <= 8:
-                raise ValueError(f"method.mp_min_bits={self.mp_min_bits}, method.mp_max_bits="
-                                 f"{self.mp_max_bits} are not allowed; use 2 ≤ min ≤ max ≤ 8")
+            require(self.mp_min_bits <= self.mp_max_bits < MP_BITS.stop,
+                    f"method.mp_min_bits={self.mp_min_bits}, method.mp_max_bits={self.mp_max_bits} "
+                    f"are not allowed; use {MP_BITS.start} ≤ min ≤ max ≤ {MP_BITS.stop - 1}")
 
-    def __init__(self, config: object) -> None:
-        super().__init__(config)
-        self.plan: dict[str, LayerPrecision] = {}
-        self.body: list[str] = []
-        self.coding_lengths: dict[str, float] = {}
-        self.calibration_images = 0
-
-    def make_weight_quantizer(self, bits: int) -> AttentionRoundQuantizer:
+    def weight_quantizer(self, layer: LayerPrecision) -> AttentionRoundQuantizer:
         c = self.config
-        return AttentionRoundQuantizer(bits, per_channel=c.weight_granularity == "channel",
+        return AttentionRoundQuantizer(layer.weight_bits, per_channel=c.weight_granularity == "channel",
                                        step_init=c.weight_step_init)
 
-    def make_input_quantizer(self, bits: int, signed: bool | None) -> LearnedStepQuantizer:
-        if signed is None:
-            signed = parse_signedness(self.config.act_signed, "method.act_signed")
-        return LearnedStepQuantizer(bits, signed=signed, init="minmax", grad_scale=False)
+    def input_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
+        return LearnedStepQuantizer(layer.input_bits, signed=input_signedness(layer, self.config.act_signed),
+                                    init="minmax", grad_scale=False)
+
+    def coding_lengths(self, model: nn.Module, names: list[str]) -> dict[str, float]:
+        """Bits per weight of each named layer's float weights at the configured distortion."""
+        return {name: bits_per_weight(model.get_submodule(name).weight, self.config.coding_distortion)
+                for name in names}
+
+    def adjust_plan(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> dict[str, LayerPrecision]:
+        """Mixed precision: coding-length bits for the body layers, their planned bits the
+        parameter-weighted average budget."""
+        c = self.config
+        body = body_layers(plan)
+        if not c.mixed_precision or not body:
+            return plan
+        budget = plan[body[0]].weight_bits
+        sizes = {name: model.get_submodule(name).weight.numel() for name in body}
+        bits = allocate_bits(self.coding_lengths(model, body), sizes, budget, c.mp_min_bits, c.mp_max_bits,
+                             c.mp_bits_per_std)
+        return {name: dataclasses.replace(p, weight_bits=bits[name]) if name in bits else p
+                for name, p in plan.items()}
 
     def calibrate_input(self, quantizer: LearnedStepQuantizer, obs: Observation) -> None:
         """The input's range: min-max, then with ``act_init=mse`` the clipped step of least
@@ -126,95 +123,69 @@ class PTQNearest(Method):
             with torch.no_grad():
                 quantizer.step.fill_(step.item())
 
-    def allocate(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> dict[str, LayerPrecision]:
-        """Mixed precision: coding-length bits for the body layers, budget = their planned bits."""
-        c = self.config
-        budget = Counter(p.weight_bits for p in plan.values() if p.weight_bits).most_common(1)[0][0]
-        weights = {name: model.get_submodule(name).weight for name in self.body}
-        self.coding_lengths = {name: bits_per_weight(w, c.coding_distortion) for name, w in weights.items()}
-        bits = allocate_bits(self.coding_lengths, {n: w.numel() for n, w in weights.items()},
-                             budget, c.mp_min_bits, c.mp_max_bits, c.mp_bits_per_std)
-        return {name: dataclasses.replace(p, weight_bits=bits[name]) if name in bits else p
-                for name, p in plan.items()}
-
-    def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
-        counts = Counter(p.weight_bits for p in plan.values() if p.weight_bits)
-        body_bits = counts.most_common(1)[0][0] if counts else None
-        self.body = [name for name, p in plan.items() if p.weight_bits == body_bits]
-        self.plan = self.allocate(model, plan) if self.config.mixed_precision else plan
-        return quantize_model(model, self.plan, self.make_weight_quantizer, self.make_input_quantizer)
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+        """Weight grids from the weights, input ranges from the float network (batch norm on
+        running statistics: nothing trains)."""
+        layers = quantized_layers(model)
+        for name, q in weight_quantizers(model).items():
+            q.fit(layers[name].weight)
+        quantizers = input_quantizers(model)
+        for name, obs in observe_inputs(model, batches, self.config.calib_max_samples).items():
+            self.calibrate_input(quantizers[name], obs)
+        return {f"{name}.input_quantizer": {"step": q.step.item()} for name, q in quantizers.items()}
 
     def optimise_rounding(self, model: nn.Module, batches: list[torch.Tensor]) -> dict[str, dict[str, float]]:
         """Round-to-nearest: nothing to optimise."""
         return {}
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
-        """The whole PTQ: weight grids, activation ranges from the float network, the rounding
-        (:meth:`optimise_rounding`), then every weight hard-quantized."""
-        batches = list(batches)
-        self.calibration_images = sum(len(x) for x in batches)
-        layers = quantized_layers(model)
-        for name, q in weight_quantizers(model).items():
-            q.fit(layers[name].weight)
-        quantizers = input_quantizers(model)
-        for name, obs in observe_inputs(model, batches, self.config.act_calib_max_samples).items():
-            self.calibrate_input(quantizers[name], obs)
-        log = {f"{name}.input_quantizer": {"step": q.step.item()} for name, q in quantizers.items()}
-        log.update(self.optimise_rounding(model, batches))
+    def finalize(self, model: nn.Module, batches: list[torch.Tensor]) -> dict:
+        """The rounding (:meth:`optimise_rounding`), then every weight hard-quantized."""
+        log = self.optimise_rounding(model, batches)
         for q in weight_quantizers(model).values():
             q.hard = True
         return log
 
-    def report(self, model: nn.Module) -> dict:
+    def report(self, model: nn.Module, facts: RunFacts) -> dict:
         """Per-layer weight bits as quantized, their parameter-weighted average over the body
         layers (the budget's layers), the number of calibration images, and with mixed
         precision each body layer's coding length in bits per weight."""
         layers = quantized_layers(model)
         bits = {name: q.bits for name, q in weight_quantizers(model).items()}
-        sizes = {name: layers[name].weight.numel() for name in self.body}
+        sizes = {name: layers[name].weight.numel() for name in body_layers(facts.plan)}
         out = {
-            "layer_precision": {name: [p.weight_bits, p.input_bits] for name, p in self.plan.items()},
             "weight_bits_per_layer": bits,
             "average_weight_bits": sum(bits[n] * s for n, s in sizes.items()) / max(sum(sizes.values()), 1),
-            "calibration_images": self.calibration_images,
+            "calibration_images": facts.calibration_images,
         }
         if self.config.mixed_precision:
-            out["coding_length_bits_per_weight"] = self.coding_lengths
+            out["coding_length_bits_per_weight"] = self.coding_lengths(facts.fp_model, list(sizes))
         return out
 
 
-@register_method("attention_round")
+@register_method("attention_round", trains=False)
 class AttentionRound(PTQNearest):
 
     @dataclass
     class Config(PTQNearest.Config):
-        reconstruction: str = "block"
-        block_input: str = "quantized"
-        epochs: float = 6.0
-        batch_size: int = 32
-        lr: float = 0.01
-        sigma_start: float = 0.5
-        sigma_end: float = 0.05
-        window: int | None = 3
-        relaxation: str = "expected"
+        reconstruction: Reconstruction = "block"
+        block_input: Literal["quantized", "float"] = "quantized"
+        epochs: PositiveFloat = 6.0
+        batch_size: PositiveInt = 32
+        lr: PositiveFloat = 0.01
+        sigma_start: PositiveFloat = 0.5
+        sigma_end: PositiveFloat = 0.05
+        window: PositiveInt | None = 3
+        relaxation: Relaxation = "expected"
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            _choice("method.reconstruction", self.reconstruction, RECONSTRUCTIONS)
-            _choice("method.block_input", self.block_input, BLOCK_INPUTS)
-            _choice("method.relaxation", self.relaxation, RELAXATIONS)
-            for field in ("epochs", "batch_size", "lr", "sigma_start", "sigma_end"):
-                _positive(f"method.{field}", getattr(self, field))
-            if self.sigma_end > self.sigma_start:
-                raise ValueError(f"method.sigma_end={self.sigma_end} is not allowed; use at most "
-                                 f"method.sigma_start={self.sigma_start} (σ anneals down)")
-            if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
-                                            or self.window < 1):
-                raise ValueError(f"method.window={self.window!r} is not allowed; use an integer ≥ 1 or null (all levels)")
+            require(self.sigma_end <= self.sigma_start,
+                    f"method.sigma_end={self.sigma_end} is not allowed; use at most "
+                    f"method.sigma_start={self.sigma_start} (σ anneals down)")
 
-    def make_weight_quantizer(self, bits: int) -> AttentionRoundQuantizer:
+    def weight_quantizer(self, layer: LayerPrecision) -> AttentionRoundQuantizer:
         c = self.config
-        return AttentionRoundQuantizer(bits, per_channel=c.weight_granularity == "channel",
+        return AttentionRoundQuantizer(layer.weight_bits, per_channel=c.weight_granularity == "channel",
                                        step_init=c.weight_step_init, window=c.window,
                                        relaxation=c.relaxation)
 

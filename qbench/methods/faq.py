@@ -9,9 +9,10 @@ l. Weight ranges are a multiple of the weights' standard deviation. The first an
 stay at 8 bits by the precision policy (``quant.first_layer`` / ``quant.last_layer``). The
 network is then fine-tuned from the FP weights by the shared trainer, straight-through, with
 the FAQ recipes (``conf/recipe/faq_*``); the steps stay fixed. ``report`` adds to the record
-``weight_cosine`` (per layer, the final fake-quantized weights against the FP weights saved at
-``prepare``), ``weight_cosine_mean`` (over layers), ``fixed_point_steps`` (per layer, [weight,
-input] step 2^l) and ``calib_batches_used`` (null when the quantizers came from a checkpoint).
+``weight_cosine`` (per layer, the final fake-quantized weights against the FP weights at
+the start, i.e. the FP baseline), ``weight_cosine_mean`` (over layers), ``fixed_point_steps``
+(per layer, [weight, input] step 2^l) and ``calib_batches_used`` (null when the quantizers came
+from a checkpoint).
 Biases stay in float (the paper keeps the last layer's output in 32-bit fixed point).
 
 Choices the paper leaves open, all fields of ``conf/method/faq.yaml``:
@@ -31,20 +32,18 @@ Batch norm during calibration runs as fine-tuning will (recipe ``freeze_bn``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Literal
 
 import torch
 from torch import nn
 
-from qbench.methods.lsq import parse_signedness
-from qbench.methods.registry import Method, register_method
+from qbench.methods.registry import Method, RunFacts, input_signedness, register_method
 from qbench.quant.calibrate import initialize_quantizers, quantized_layers, weight_quantizers
-from qbench.quant.convert import LayerPrecision, quantize_model
-from qbench.quant.faq import STES, FixedPointQuantizer
+from qbench.quant.convert import LayerPrecision
+from qbench.quant.faq import STE, FixedPointQuantizer
+from qbench.validate import ActSigned, PositiveFloat, PositiveInt, require
 
 LOW_BITS = 4  # tensors of this many bits or fewer take the paper's 4-bit settings
-ACT_STATISTICS = ("percentile", "max")
-WEIGHT_RANGES = ("fixed", "tracked")
 
 
 def weight_cosine(fp: dict[str, torch.Tensor], quantized: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -62,87 +61,58 @@ def _step(quantizer: nn.Module) -> float | None:
     return quantizer.step.item() if isinstance(quantizer, FixedPointQuantizer) else None
 
 
-@register_method("faq")
+@register_method("faq", trains=True)
 class FAQ(Method):
-    trains = True
 
     @dataclass
     class Config:
-        act_statistic: str = "percentile"
-        act_percentile_8bit: float = 99.99
-        act_percentile_4bit: float = 99.9
-        act_signed: str = "false"
-        weight_clip_std_8bit: float = 5.0
-        weight_clip_std_4bit: float = 2.5
+        act_statistic: Literal["percentile", "max"] = "percentile"
+        act_percentile_8bit: PositiveFloat = 99.99
+        act_percentile_4bit: PositiveFloat = 99.9
+        act_signed: ActSigned = False
+        weight_clip_std_8bit: PositiveFloat = 5.0
+        weight_clip_std_4bit: PositiveFloat = 2.5
         weight_power_of_two: bool = True
-        weight_range: str = "fixed"
-        ste: str = "clipped"
-        calib_batches: int = 5
-        calib_max_samples: int = 1 << 20
+        weight_range: Literal["fixed", "tracked"] = "fixed"
+        ste: STE = "clipped"
+        calib_batches: PositiveInt = 5
+        calib_max_samples: PositiveInt = 1 << 20
 
         def __post_init__(self) -> None:
-            if self.act_statistic not in ACT_STATISTICS:
-                raise ValueError(f"method.act_statistic={self.act_statistic!r} is not allowed; "
-                                 f"use {' or '.join(ACT_STATISTICS)}")
             for name in ("act_percentile_8bit", "act_percentile_4bit"):
-                if not 0 < getattr(self, name) <= 100:
-                    raise ValueError(f"method.{name}={getattr(self, name)!r} is not allowed; use a number in (0, 100]")
-            for name in ("weight_clip_std_8bit", "weight_clip_std_4bit"):
-                if not getattr(self, name) > 0:
-                    raise ValueError(f"method.{name}={getattr(self, name)!r} is not allowed; use a number > 0")
-            parse_signedness(self.act_signed, "method.act_signed")
-            if self.weight_range not in WEIGHT_RANGES:
-                raise ValueError(f"method.weight_range={self.weight_range!r} is not allowed; use fixed or tracked")
-            if self.ste not in STES:
-                raise ValueError(f"method.ste={self.ste!r} is not allowed; use {' or '.join(STES)}")
-            if isinstance(self.calib_batches, bool) or not isinstance(self.calib_batches, int) or self.calib_batches < 1:
-                raise ValueError(f"method.calib_batches={self.calib_batches!r} is not allowed; use an integer ≥ 1")
+                require(getattr(self, name) <= 100,
+                        f"method.{name}={getattr(self, name)!r} is not allowed; use a number in (0, 100]")
 
-    def __init__(self, config: object) -> None:
-        super().__init__(config)
-        self.fp_weights: dict[str, torch.Tensor] = {}
-        self.calib_batches_used: int | None = None  # None: quantizers restored from a checkpoint
-
-    def make_weight_quantizer(self, bits: int) -> FixedPointQuantizer:
+    def weight_quantizer(self, layer: LayerPrecision) -> FixedPointQuantizer:
         c = self.config
-        multiple = c.weight_clip_std_4bit if bits <= LOW_BITS else c.weight_clip_std_8bit
-        return FixedPointQuantizer(bits, signed=True, statistic="std", level=multiple,
+        multiple = c.weight_clip_std_4bit if layer.weight_bits <= LOW_BITS else c.weight_clip_std_8bit
+        return FixedPointQuantizer(layer.weight_bits, signed=True, statistic="std", level=multiple,
                                    power_of_two=c.weight_power_of_two,
                                    track=c.weight_range == "tracked", ste=c.ste)
 
-    def make_input_quantizer(self, bits: int, signed: bool | None) -> FixedPointQuantizer:
+    def input_quantizer(self, layer: LayerPrecision) -> FixedPointQuantizer:
         c = self.config
-        if signed is None:
-            signed = parse_signedness(c.act_signed, "method.act_signed")
-        q = c.act_percentile_4bit if bits <= LOW_BITS else c.act_percentile_8bit
-        return FixedPointQuantizer(bits, signed=signed, statistic=c.act_statistic, level=q, ste=c.ste)
+        q = c.act_percentile_4bit if layer.input_bits <= LOW_BITS else c.act_percentile_8bit
+        return FixedPointQuantizer(layer.input_bits, signed=input_signedness(layer, c.act_signed),
+                                   statistic=c.act_statistic, level=q, ste=c.ste)
 
-    def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
-        self.fp_weights = {name: model.get_submodule(name).weight.detach().cpu().clone()
-                           for name, p in plan.items() if p.weight_bits}
-        return quantize_model(model, plan, self.make_weight_quantizer, self.make_input_quantizer)
-
-    def _counted(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        self.calib_batches_used = 0
-        for x in batches:
-            if self.calib_batches_used == self.config.calib_batches:
-                return
-            self.calib_batches_used += 1
-            yield x
-
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
-        initialize_quantizers(model, self._counted(batches), self.config.calib_max_samples, train_mode)
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+        """Ranges from the first ``calib_batches`` calibration batches (the paper's 5)."""
+        c = self.config
+        initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)
         return {name: {"step": m.step.item()} for name, m in model.named_modules()
                 if isinstance(m, FixedPointQuantizer)}
 
-    def report(self, model: nn.Module) -> dict:
+    def report(self, model: nn.Module, facts: RunFacts) -> dict:
         layers = quantized_layers(model)
         with torch.no_grad():
             quantized = {name: q(layers[name].weight) for name, q in weight_quantizers(model).items()}
-        cosine = weight_cosine(self.fp_weights, quantized)
+        fp_weights = {name: facts.fp_model.get_submodule(name).weight for name in quantized}
+        cosine = weight_cosine(fp_weights, quantized)
         steps = {name: [_step(m.weight_quantizer), _step(m.input_quantizer)] for name, m in layers.items()}
+        used = (None if facts.calibration_batches is None
+                else min(self.config.calib_batches, facts.calibration_batches))
         return {"weight_cosine": cosine,
                 "weight_cosine_mean": sum(cosine.values()) / len(cosine) if cosine else None,
                 "fixed_point_steps": steps,
-                "calib_batches_used": self.calib_batches_used}
-
+                "calib_batches_used": used}

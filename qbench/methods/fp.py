@@ -1,15 +1,9 @@
 """The full-precision reference: the baseline network evaluated as it is."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from qbench.methods.registry import Method, register_method
 
 
-@register_method("fp")
+@register_method("fp", trains=False, quantizes=False)
 class FullPrecision(Method):
-    quantizes = False
-
-    @dataclass
-    class Config:
-        pass
+    """No options, no quantizers: the FP row of every table."""

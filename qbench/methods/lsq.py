@@ -21,51 +21,27 @@ recipe sets ``freeze_bn``; running statistics are restored afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
 
-import torch
-from torch import nn
-
-from qbench.methods.registry import Method, register_method
-from qbench.quant.calibrate import initialize_quantizers
-from qbench.quant.convert import LayerPrecision, quantize_model
+from qbench.methods.registry import Method, input_signedness, register_method
+from qbench.quant.convert import LayerPrecision
 from qbench.quant.lsq import LearnedStepQuantizer
-
-SIGNEDNESS = {"false": False, "true": True, "auto": None}
-
-
-def parse_signedness(value: object, field: str) -> bool | None:
-    key = str(value).lower()
-    if key not in SIGNEDNESS:
-        raise ValueError(f"{field} must be one of false, true, auto; got {value!r}")
-    return SIGNEDNESS[key]
+from qbench.validate import ActSigned, PositiveInt
 
 
-@register_method("lsq")
+@register_method("lsq", trains=True)
 class LSQ(Method):
-    trains = True
 
     @dataclass
     class Config:
-        act_signed: str = "false"
+        act_signed: ActSigned = False
         grad_scale: bool = True
         per_example_numel: bool = False
-        calib_max_samples: int = 1 << 18
+        calib_max_samples: PositiveInt = 1 << 18
 
-        def __post_init__(self) -> None:
-            parse_signedness(self.act_signed, "method.act_signed")
+    def weight_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
+        return LearnedStepQuantizer(layer.weight_bits, signed=True, grad_scale=self.config.grad_scale)
 
-    def make_weight_quantizer(self, bits: int) -> LearnedStepQuantizer:
-        return LearnedStepQuantizer(bits, signed=True, grad_scale=self.config.grad_scale)
-
-    def make_input_quantizer(self, bits: int, signed: bool | None) -> LearnedStepQuantizer:
-        if signed is None:
-            signed = parse_signedness(self.config.act_signed, "method.act_signed")
-        return LearnedStepQuantizer(bits, signed=signed, grad_scale=self.config.grad_scale,
-                                    per_example_numel=self.config.per_example_numel)
-
-    def prepare(self, model: nn.Module, plan: dict[str, LayerPrecision]) -> nn.Module:
-        return quantize_model(model, plan, self.make_weight_quantizer, self.make_input_quantizer)
-
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
-        return initialize_quantizers(model, batches, self.config.calib_max_samples, train_mode)
+    def input_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
+        c = self.config
+        return LearnedStepQuantizer(layer.input_bits, signed=input_signedness(layer, c.act_signed),
+                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel)

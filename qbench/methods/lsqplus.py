@@ -20,7 +20,7 @@ configurations and zero for the symmetric ones.
 
 Choices the paper leaves open (fields of ``conf/method/lsqplus.yaml``): μ, σ of |w| (as our
 source words it) or of w (``weight_sigma_of_abs``); the MSE fit's number of Adam steps and
-relative learning rate (``mse_steps``, ``mse_lr``) and calibration batches (``init_batches``).
+relative learning rate (``mse_steps``, ``mse_lr``) and calibration batches (``calib_batches``).
 The configurations choose the grid of activation outputs. Inputs that are signed data rather
 than activation outputs (the normalised image, linear-bottleneck outputs and residual sums; see
 :mod:`qbench.quant.graph`) are quantized signed and symmetric in every configuration.
@@ -28,74 +28,65 @@ than activation outputs (the normalised image, linear-bottleneck outputs and res
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Literal
 
 import torch
 from torch import nn
 
-from qbench.methods.lsq import LSQ
-from qbench.methods.registry import register_method
+from qbench.methods.registry import Method, register_method
 from qbench.quant.calibrate import initialize_quantizers
-from qbench.quant.lsq import LearnedStepQuantizer
+from qbench.quant.convert import LayerPrecision
+from qbench.quant.lsq import LearnedStepQuantizer, Offset
+from qbench.validate import Count, PositiveFloat, PositiveInt, require
 
 CONFIGS = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True)}
 INITS = {"minmax": ("minmax", "minmax"), "lsq": ("lsq", "lsq"), "lsqplus": ("sigma3", "mse")}
-OFFSETS = ("learned", "xmin", "zero")
 
 
-@register_method("lsqplus")
-class LSQPlus(LSQ):
-    trains = True
+@register_method("lsqplus", trains=True)
+class LSQPlus(Method):
 
     @dataclass
     class Config:
-        config: int = 4
+        config: Literal[1, 2, 3, 4] = 4
         act_signed: bool | None = None
         act_asymmetric: bool | None = None
-        init: str = "lsqplus"
-        offset: str | None = None
+        init: Literal["minmax", "lsq", "lsqplus"] = "lsqplus"
+        offset: Offset | None = None
         grad_scale: bool = True
         per_example_numel: bool = False
         weight_sigma_of_abs: bool = True
-        mse_steps: int = 200
-        mse_lr: float = 0.01
-        init_batches: int | None = None
-        calib_max_samples: int = 1 << 18
+        mse_steps: Count = 200
+        mse_lr: PositiveFloat = 0.01
+        calib_batches: PositiveInt | None = None
+        calib_max_samples: PositiveInt = 1 << 18
 
         def __post_init__(self) -> None:
-            if self.config not in CONFIGS:
-                raise ValueError(f"method.config={self.config!r} is not allowed; use 1, 2, 3 or 4")
             preset_signed, preset_asym = CONFIGS[self.config]
             self.act_signed = preset_signed if self.act_signed is None else self.act_signed
             self.act_asymmetric = preset_asym if self.act_asymmetric is None else self.act_asymmetric
-            if self.init not in INITS:
-                raise ValueError(f"method.init={self.init!r} is not allowed; use {', '.join(INITS)}")
             if self.offset is None:
                 self.offset = "learned" if self.act_asymmetric else "zero"
-            if self.offset not in OFFSETS:
-                raise ValueError(f"method.offset={self.offset!r} is not allowed; use {', '.join(OFFSETS)}")
-            if self.offset != "zero" and not self.act_asymmetric:
-                raise ValueError(f"method.offset={self.offset} needs an asymmetric activation grid "
-                                 "(config 3 or 4, or act_asymmetric=true)")
+            require(self.offset == "zero" or self.act_asymmetric,
+                    f"method.offset={self.offset} needs an asymmetric activation grid "
+                    "(config 3 or 4, or act_asymmetric=true)")
 
-    def make_weight_quantizer(self, bits: int) -> LearnedStepQuantizer:
+    def weight_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
         c = self.config
-        return LearnedStepQuantizer(bits, signed=True, init=INITS[c.init][0], grad_scale=c.grad_scale,
+        return LearnedStepQuantizer(layer.weight_bits, signed=True, init=INITS[c.init][0], grad_scale=c.grad_scale,
                                     sigma_of_abs=c.weight_sigma_of_abs)
 
-    def make_input_quantizer(self, bits: int, signed: bool | None) -> LearnedStepQuantizer:
+    def input_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
+        """Signed data (the image, a linear bottleneck, a residual sum) gets a signed,
+        symmetric grid; activation outputs the configuration's grid and offset."""
         c = self.config
-        if signed is True:  # signed data: the image, a linear bottleneck, a residual sum
-            return LearnedStepQuantizer(bits, signed=True, init=INITS[c.init][1], grad_scale=c.grad_scale,
-                                        per_example_numel=c.per_example_numel,
-                                        mse_steps=c.mse_steps, mse_lr=c.mse_lr)
-        offset = "none" if c.offset == "zero" else c.offset
-        return LearnedStepQuantizer(bits, signed=c.act_signed, offset=offset, init=INITS[c.init][1],
+        signed_data = bool(layer.input_signed)
+        return LearnedStepQuantizer(layer.input_bits, signed=signed_data or c.act_signed,
+                                    offset="zero" if signed_data else c.offset, init=INITS[c.init][1],
                                     grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
                                     mse_steps=c.mse_steps, mse_lr=c.mse_lr)
 
-    def calibrate(self, model: nn.Module, batches: Iterable[torch.Tensor], train_mode: bool = False) -> dict:
-        batches = list(batches)
-        if self.config.init_batches is not None:
-            batches = batches[:self.config.init_batches]
-        return initialize_quantizers(model, batches, self.config.calib_max_samples, train_mode)
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+        """From the first ``calib_batches`` calibration batches (all when null)."""
+        c = self.config
+        return initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ APOT_TERMS: dict[int, list[list[int]]] = {
     5: [[1, 3, 6], [2, 4, 7], [5]],
     6: [[0, 3, 6], [1, 4, 7], [2, 5, 8]],
 }
-LEVEL_KINDS = ("apot", "pot", "uniform")
+LevelKind = Literal["apot", "pot", "uniform"]
 
 
 def _unsigned_levels(width: int, kind: str) -> torch.Tensor:
@@ -58,14 +58,14 @@ def _unsigned_levels(width: int, kind: str) -> torch.Tensor:
     return levels / levels.max()
 
 
-def apot_levels(bits: int, signed: bool, kind: str = "apot") -> torch.Tensor:
+def apot_levels(bits: int, signed: bool, kind: LevelKind = "apot") -> torch.Tensor:
     """The sorted, normalised level set (largest level 1) of a ``bits``-bit quantizer.
 
     Signed: the sign takes one bit, the magnitudes are the (bits − 1)-bit unsigned set
     (2^bits − 1 levels). Unsigned: the bits-bit set (2^bits levels).
     """
-    if kind not in LEVEL_KINDS:
-        raise ValueError(f"unknown levels {kind!r}; allowed: {', '.join(LEVEL_KINDS)}")
+    if kind not in get_args(LevelKind):
+        raise ValueError(f"unknown levels {kind!r}; allowed: {', '.join(get_args(LevelKind))}")
     if not signed:
         return _unsigned_levels(bits, kind).float()
     magnitudes = _unsigned_levels(bits - 1, kind)
@@ -207,7 +207,7 @@ class APoTQuantizer(Quantizer):
             weights' calibrated gradient). Unsigned values below 0 always get 0.
     """
 
-    def __init__(self, bits: int, signed: bool, levels: str = "apot", alpha_init: float = 3.0,
+    def __init__(self, bits: int, signed: bool, levels: LevelKind = "apot", alpha_init: float = 3.0,
                  weight_norm: bool = False, grad_outside: float = 0.0) -> None:
         super().__init__(bits)
         self.signed, self.kind = signed, levels
@@ -218,10 +218,10 @@ class APoTQuantizer(Quantizer):
         self.register_buffer("level_first", table.first, persistent=False)
         self.register_buffer("level_inv_cell", table.inv_cell, persistent=False)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+        self.initialized = True
 
     def initialize(self, obs: Observation) -> None:
-        with torch.no_grad():
-            self.initialized.fill_(True)
+        """Nothing to fit: α starts at its configured value (set at construction)."""
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.abs() + 1e-8
@@ -238,9 +238,12 @@ class MaxScaledQuantizer(Quantizer):
     s = max|w|/(2^(b−1)−1), straight-through. The official APoT code quantizes the first and last
     layers' weights this way (8 bits)."""
 
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.initialized = True  # the scale comes from the current weights at every call
+
     def initialize(self, obs: Observation) -> None:
-        with torch.no_grad():
-            self.initialized.fill_(True)
+        """Nothing to fit."""
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         step = v.detach().abs().max().clamp_min(1e-12) / (2 ** (self.bits - 1) - 1)

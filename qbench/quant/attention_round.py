@@ -31,18 +31,18 @@ than window − 1 steps carry a mass below exp(−(window − 1)²/(2σ²)) (3·
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from qbench.quant.base import Quantizer
+from qbench.quant.grid import STEP_MIN, integer_range
 from qbench.quant.kernels import kernel
-from qbench.quant.lsq import STEP_MIN, integer_range
 
-RELAXATIONS = ("expected", "sample")
-GRANULARITIES = ("channel", "tensor")
-STEP_INITS = ("mse", "minmax")
+Relaxation = Literal["expected", "sample"]
+Granularity = Literal["channel", "tensor"]  # one step per output channel, or per tensor
+GridInit = Literal["mse", "minmax"]
 CLIP_RATIOS = torch.linspace(0.3, 1.0, 15).tolist()  # clipping ratios searched by mse_step, step 0.05
 
 
@@ -188,15 +188,11 @@ class AttentionRoundQuantizer(Quantizer):
     and ``hard`` the quantizer is plain round-to-nearest on the same grid.
     """
 
-    def __init__(self, bits: int, per_channel: bool = True, step_init: str = "mse",
-                 window: int | None = 3, relaxation: str = "expected") -> None:
+    def __init__(self, bits: int, per_channel: bool = True, step_init: GridInit = "mse",
+                 window: int | None = 3, relaxation: Relaxation = "expected") -> None:
         super().__init__(bits)
-        if step_init not in STEP_INITS:
-            raise ValueError(f"unknown step_init {step_init!r}; allowed: {', '.join(STEP_INITS)}")
-        if relaxation not in RELAXATIONS:
-            raise ValueError(f"unknown relaxation {relaxation!r}; allowed: {', '.join(RELAXATIONS)}")
-        if window is not None and window < 1:
-            raise ValueError(f"window must be ≥ 1 or None, got {window}")
+        assert step_init in get_args(GridInit) and relaxation in get_args(Relaxation), (step_init, relaxation)
+        assert window is None or window >= 1, window
         self.qmin, self.qmax = integer_range(bits, signed=True)
         self.per_channel, self.step_init = per_channel, step_init
         self.window, self.relaxation = window, relaxation
@@ -209,7 +205,7 @@ class AttentionRoundQuantizer(Quantizer):
         """Δ from ``weight`` (:func:`weight_step`) and δ = 0."""
         self.step = weight_step(weight, self.bits, self.per_channel, self.step_init)
         self.offset = nn.Parameter(torch.zeros_like(weight.detach(), memory_format=torch.contiguous_format))
-        self.initialized.fill_(True)
+        self.initialized = True
 
     def latent(self, v: torch.Tensor) -> torch.Tensor:
         """u = w/Δ + δ."""
@@ -220,8 +216,6 @@ class AttentionRoundQuantizer(Quantizer):
         return hard_codes(self.latent(v), self.qmin, self.qmax)
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
-        if self.offset is None:
-            raise RuntimeError("AttentionRoundQuantizer used before fit(weight)")
         if self.hard:
             return self.codes(v) * self.step
         return attention_round(v, self.step, self.offset, self.sigma, self.qmin, self.qmax, self.window,

@@ -12,19 +12,22 @@ class Quantizer(nn.Module):
 
     Phases (torchao style): built from its config, then ``initialize`` from an
     :class:`Observation` (weights at prepare time, activations from calibration batches), then
-    trained or frozen. Subclasses implement ``quantize``. While ``observer`` is set the input is
-    recorded; while ``enabled`` is false the input passes through unchanged (calibration runs
-    the float network). ``initialized`` is a buffer, so a checkpoint records it.
+    trained or frozen. Subclasses implement ``quantize`` and set ``initialized`` when their
+    parameters are set. While ``observer`` is set the input is recorded; while ``enabled`` is
+    false the input passes through unchanged (calibration runs the float network). Quantizing
+    with a quantizer that was never initialised is an error, not a silent identity grid;
+    ``initialized`` travels in the state dict (extra state), so a loaded checkpoint counts;
+    subclasses add to :attr:`EXTRA_STATE` the plain attributes calibration decides.
     """
+
+    EXTRA_STATE: tuple[str, ...] = ("initialized",)
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        if not 2 <= bits <= 32:
-            raise ValueError(f"bits must be in 2..32, got {bits}")
         self.bits = bits
         self.enabled = True
+        self.initialized = False
         self.observer: Observation | None = None
-        self.register_buffer("initialized", torch.tensor(False))
 
     def initialize(self, obs: Observation) -> None:
         raise NotImplementedError
@@ -35,7 +38,19 @@ class Quantizer(nn.Module):
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.update(v)
-        return self.quantize(v) if self.enabled else v
+        if not self.enabled:
+            return v
+        if not self.initialized:
+            raise RuntimeError(f"{type(self).__name__}({self.extra_repr()}) quantizes before it was "
+                               "initialised: initialise it from data or load a checkpoint first")
+        return self.quantize(v)
+
+    def get_extra_state(self) -> dict:
+        return {name: getattr(self, name) for name in self.EXTRA_STATE}
+
+    def set_extra_state(self, state: dict) -> None:
+        for name in self.EXTRA_STATE:
+            setattr(self, name, state[name])
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 from torch import nn
 
@@ -11,6 +11,7 @@ from qbench.quant.graph import activation_fed_layers
 from qbench.quant.layers import QuantConv2d, QuantLinear
 
 QUANTIZABLE = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+Role = Literal["first", "last", "body"]
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,16 @@ class LayerPrecision:
     output (the normalised image, linear-bottleneck outputs and residual sums; see
     :mod:`qbench.quant.graph`): those are quantized on a signed, symmetric grid by every method.
     It is ``None`` for activation outputs, whose grid the method chooses.
+
+    ``role`` says whether the layer is the model's first or last layer (the edge-layer policy
+    set its bits) or a body layer (``wbits`` / ``abits``): mixed precision and reports read
+    it instead of guessing edges from bit-widths.
     """
 
     weight_bits: int | None
     input_bits: int | None
     input_signed: bool | None = None
+    role: Role = "body"
 
 
 @dataclass(frozen=True)
@@ -56,29 +62,30 @@ def plan_precision(model: nn.Module, wbits: int, abits: int, first_layer: str, l
     for name in names:
         if name in skip:
             continue
-        edge = first if name == first_layer else last if name == last_layer else None
+        role: Role = "first" if name == first_layer else "last" if name == last_layer else "body"
         signed = None if name in activation_fed else True
-        if edge is None:
+        if role == "body":
             plan[name] = LayerPrecision(wbits, abits, signed)
-        elif edge.quantize:
-            plan[name] = LayerPrecision(edge.weight_bits, edge.input_bits, signed)
+        else:
+            edge = first if role == "first" else last
+            if edge.quantize:
+                plan[name] = LayerPrecision(edge.weight_bits, edge.input_bits, signed, role)
     return plan
 
 
-WeightQuantizerFactory = Callable[[int], Quantizer]
-InputQuantizerFactory = Callable[[int, "bool | None"], Quantizer]
+QuantizerFactory = Callable[[LayerPrecision], Quantizer]
 
 
 def quantize_model(model: nn.Module, plan: dict[str, LayerPrecision],
-                   make_weight_quantizer: WeightQuantizerFactory,
-                   make_input_quantizer: InputQuantizerFactory) -> nn.Module:
-    """Swap each planned layer for its quantized form, in place; returns ``model``."""
+                   weight_quantizer: QuantizerFactory, input_quantizer: QuantizerFactory) -> nn.Module:
+    """Swap each planned layer for its quantized form, in place; returns ``model``. The
+    factories get the layer's :class:`LayerPrecision` and are called only for the tensors it
+    quantizes (bits not ``None``)."""
     for name, precision in plan.items():
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         layer = getattr(parent, child_name)
-        wq = make_weight_quantizer(precision.weight_bits) if precision.weight_bits else None
-        aq = (make_input_quantizer(precision.input_bits, precision.input_signed)
-              if precision.input_bits else None)
+        wq = weight_quantizer(precision) if precision.weight_bits else None
+        aq = input_quantizer(precision) if precision.input_bits else None
         setattr(parent, child_name, QUANTIZABLE[type(layer)](layer, wq, aq))
     return model

@@ -25,18 +25,18 @@ forward kernel is fused by :func:`qbench.quant.kernels.compile_kernels`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from qbench.quant.base import Quantizer
+from qbench.quant.grid import integer_range
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
-from qbench.quant.lsq import integer_range
 from qbench.quant.observer import Observation
 
 RANGE_MIN = 2.0**-40  # floor of a range (an all-zero input would give log₂ 0)
-STATISTICS = ("percentile", "max", "std")
-STES = ("clipped", "identity")
+Statistic = Literal["percentile", "max", "std"]
+STE = Literal["clipped", "identity"]
 
 
 def percentile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -59,7 +59,7 @@ def range_statistic(values: torch.Tensor, statistic: str, level: float) -> torch
         return values.detach().abs().max()
     if statistic == "std":
         return level * values.detach().std(correction=0)
-    raise ValueError(f"unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
+    raise ValueError(f"unknown statistic {statistic!r}; allowed: {', '.join(get_args(Statistic))}")
 
 
 def fixed_point_step(y: torch.Tensor, bits: int, signed: bool, power_of_two: bool = True) -> torch.Tensor:
@@ -117,16 +117,16 @@ class FixedPointQuantizer(Quantizer):
         ste: ``clipped`` or ``identity`` straight-through gradient.
     """
 
-    def __init__(self, bits: int, signed: bool | None, statistic: str, level: float = 0.0,
-                 power_of_two: bool = True, track: bool = False, ste: str = "clipped") -> None:
+    EXTRA_STATE = (*Quantizer.EXTRA_STATE, "signed")  # signedness may be decided at calibration
+
+    def __init__(self, bits: int, signed: bool | None, statistic: Statistic, level: float = 0.0,
+                 power_of_two: bool = True, track: bool = False, ste: STE = "clipped") -> None:
         super().__init__(bits)
-        if statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {statistic!r}; allowed: {', '.join(STATISTICS)}")
-        if ste not in STES:
-            raise ValueError(f"unknown ste {ste!r}; allowed: {', '.join(STES)}")
+        assert statistic in get_args(Statistic) and ste in get_args(STE), (statistic, ste)
         self.signed, self.statistic, self.level = signed, statistic, level
         self.power_of_two, self.track, self.ste = power_of_two, track, ste
         self.register_buffer("step", torch.tensor(1.0))
+        self.initialized = track and signed is not None  # a tracked range needs no calibration
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -147,7 +147,7 @@ class FixedPointQuantizer(Quantizer):
         step = fixed_point_step(self.observed_range(obs), self.bits, self.signed, self.power_of_two)
         with torch.no_grad():
             self.step.copy_(step)
-            self.initialized.fill_(True)
+            self.initialized = True
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         qmin, qmax = self.qrange
@@ -156,12 +156,6 @@ class FixedPointQuantizer(Quantizer):
                 y = range_statistic(v, self.statistic, self.level)
                 self.step.copy_(fixed_point_step(y, self.bits, self.signed, self.power_of_two))
         return FixedPointFakeQuant.apply(v, self.step, qmin, qmax, self.ste == "clipped")
-
-    def get_extra_state(self) -> dict:
-        return {"signed": self.signed}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.signed = state["signed"]
 
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, signed={self.signed}, statistic={self.statistic}({self.level}), "

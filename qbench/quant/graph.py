@@ -35,20 +35,19 @@ PASS_THROUGH_METHODS = {"flatten", "view", "reshape", "mean", "contiguous", "spl
                         "squeeze", "unsqueeze", "permute", "to", "float"}
 
 
-def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], ACTIVATION_MODULES)
-    if node.op == "call_function":
-        return node.target in ACTIVATION_FUNCTIONS
-    return node.op == "call_method" and node.target in ACTIVATION_METHODS
+OpKinds = tuple[tuple[type[nn.Module], ...], set, set]  # module types, functions, method names
+ACTIVATIONS: OpKinds = (ACTIVATION_MODULES, ACTIVATION_FUNCTIONS, ACTIVATION_METHODS)
+PASS_THROUGH: OpKinds = (PASS_THROUGH_MODULES, PASS_THROUGH_FUNCTIONS, PASS_THROUGH_METHODS)
 
 
-def _is_pass_through(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def _is_kind(node: fx.Node, modules: dict[str, nn.Module], kinds: OpKinds) -> bool:
+    """Whether ``node`` calls one of ``kinds``' modules, functions or tensor methods."""
+    module_types, functions, methods = kinds
     if node.op == "call_module":
-        return isinstance(modules[node.target], PASS_THROUGH_MODULES)
+        return isinstance(modules[node.target], module_types)
     if node.op == "call_function":
-        return node.target in PASS_THROUGH_FUNCTIONS
-    return node.op == "call_method" and node.target in PASS_THROUGH_METHODS
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
 
 
 MULTIPLY = {operator.mul, torch.mul}
@@ -57,12 +56,12 @@ MULTIPLY = {operator.mul, torch.mul}
 def _activation_derived(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """``node`` is an activation output, reached through shape-only and pooling ops, or a
     product of such outputs (a squeeze-excite block scales a Swish output by a sigmoid gate)."""
-    while _is_pass_through(node, modules) and node.args and isinstance(node.args[0], fx.Node):
+    while _is_kind(node, modules, PASS_THROUGH) and node.args and isinstance(node.args[0], fx.Node):
         node = node.args[0]
     if node.op == "call_function" and node.target in MULTIPLY:
         factors = [a for a in node.args if isinstance(a, fx.Node)]
         return bool(factors) and all(_activation_derived(a, modules) for a in factors)
-    return _is_activation(node, modules)
+    return _is_kind(node, modules, ACTIVATIONS)
 
 
 def activation_fed_layers(model: nn.Module, layers: list[str]) -> set[str]:

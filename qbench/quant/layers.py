@@ -13,8 +13,13 @@ from torch import nn
 from qbench.quant.base import Quantizer
 
 
-def _as_module(quantizer: Quantizer | None) -> nn.Module:
-    return nn.Identity() if quantizer is None else quantizer
+def _take_over(quantized: nn.Module, layer: nn.Module, weight_quantizer: Quantizer | None,
+               input_quantizer: Quantizer | None) -> None:
+    """Share ``layer``'s parameters and attach the quantizers (``None``: that tensor stays float)."""
+    quantized.weight = layer.weight
+    quantized.bias = layer.bias
+    quantized.weight_quantizer = nn.Identity() if weight_quantizer is None else weight_quantizer
+    quantized.input_quantizer = nn.Identity() if input_quantizer is None else input_quantizer
 
 
 class QuantConv2d(nn.Conv2d):
@@ -23,10 +28,7 @@ class QuantConv2d(nn.Conv2d):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                          conv.padding_mode, device="meta")
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.weight_quantizer = _as_module(weight_quantizer)
-        self.input_quantizer = _as_module(input_quantizer)
+        _take_over(self, conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
@@ -36,10 +38,7 @@ class QuantLinear(nn.Linear):
     def __init__(self, linear: nn.Linear, weight_quantizer: Quantizer | None,
                  input_quantizer: Quantizer | None) -> None:
         super().__init__(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.weight_quantizer = _as_module(weight_quantizer)
-        self.input_quantizer = _as_module(input_quantizer)
+        _take_over(self, linear, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)

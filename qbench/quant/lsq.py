@@ -16,16 +16,15 @@ direction into one loop.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from qbench.quant.base import Quantizer
+from qbench.quant.grid import STEP_MIN, integer_range
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
-
-STEP_MIN = 1e-8
 
 
 @kernel
@@ -46,6 +45,10 @@ def _backward_kernel(z: torch.Tensor, grad_out: torch.Tensor, qmin: int,
     # Outside the range the code is exactly n or p, and so is ∂v̂/∂s.
     dstep = torch.where(inside, torch.round(z) - z, torch.clamp(z, qmin, qmax).round())
     return grad_v, (grad_out * dstep).sum(), torch.where(inside, 0.0, grad_out).sum()
+
+
+Offset = Literal["zero", "learned", "xmin"]  # β: none, learned (LSQ+), the running minimum
+StepInit = Literal["lsq", "minmax", "sigma3", "mse"]
 
 
 class LearnedStepFakeQuant(torch.autograd.Function):
@@ -79,13 +82,6 @@ class LearnedStepFakeQuant(torch.autograd.Function):
         else:
             grad_offset = None
         return grad_v, grad_step, grad_offset, None, None, None
-
-
-def integer_range(bits: int, signed: bool) -> tuple[int, int]:
-    """(n, p): signed [−2^(b−1), 2^(b−1)−1], unsigned [0, 2^b − 1] (LSQ section 2)."""
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 def minmax_step_offset(lo: float, hi: float, qmin: int, qmax: int, with_offset: bool) -> tuple[float, float]:
@@ -127,7 +123,7 @@ class LearnedStepQuantizer(Quantizer):
         bits: bit-width b.
         signed: integer grid signed or unsigned; ``None`` decides at initialisation from the
             observed minimum (signed if any value is negative).
-        offset: ``none`` — β = 0 (LSQ, symmetric); ``learned`` — β a parameter trained with
+        offset: ``zero`` — β = 0 (LSQ, symmetric); ``learned`` — β a parameter trained with
             the LSQ+ gradient (asymmetric); ``xmin`` — β fixed to the running minimum of the
             inputs (calibration, then every training batch), no gradient (LSQ+ Table 6).
         init: ``lsq`` — s = 2·mean|v|/√p, β = 0 (LSQ section 2.1); ``minmax`` — the grid spans
@@ -143,17 +139,13 @@ class LearnedStepQuantizer(Quantizer):
     still reaches s when it is clamped, so a step pushed below the floor can recover.
     """
 
-    INITS = ("lsq", "minmax", "sigma3", "mse")
-    OFFSETS = ("none", "learned", "xmin")
+    EXTRA_STATE = (*Quantizer.EXTRA_STATE, "signed")  # signedness may be decided at calibration
 
-    def __init__(self, bits: int, signed: bool | None, offset: str = "none", init: str = "lsq",
+    def __init__(self, bits: int, signed: bool | None, offset: Offset = "zero", init: StepInit = "lsq",
                  grad_scale: bool = True, per_example_numel: bool = False, sigma_of_abs: bool = True,
                  mse_steps: int = 200, mse_lr: float = 0.01) -> None:
         super().__init__(bits)
-        if init not in self.INITS:
-            raise ValueError(f"unknown init {init!r}; allowed: {', '.join(self.INITS)}")
-        if offset not in self.OFFSETS:
-            raise ValueError(f"unknown offset {offset!r}; allowed: {', '.join(self.OFFSETS)}")
+        assert init in get_args(StepInit) and offset in get_args(Offset), (init, offset)
         self.signed = signed
         self.offset_mode = offset
         self.init = init
@@ -178,7 +170,7 @@ class LearnedStepQuantizer(Quantizer):
     def initial_values(self, obs: Observation) -> tuple[float, float]:
         """(s₀, β₀) for this quantizer's ``init`` and offset mode from the observed values."""
         qmin, qmax = self.qrange
-        has_offset = self.offset_mode != "none"
+        has_offset = self.offset_mode != "zero"
         if self.init == "lsq":
             step, offset = 2.0 * obs.mean_abs / math.sqrt(qmax), 0.0
         elif self.init == "sigma3":
@@ -203,7 +195,7 @@ class LearnedStepQuantizer(Quantizer):
             self.step.fill_(step)
             if self.offset is not None:
                 self.offset.fill_(offset)
-            self.initialized.fill_(True)
+            self.initialized = True
 
     def grad_scale(self, v: torch.Tensor) -> float:
         if not self.use_grad_scale:
@@ -218,12 +210,6 @@ class LearnedStepQuantizer(Quantizer):
                 torch.minimum(self.offset, v.min(), out=self.offset)
         step = self.step + (self.step.clamp_min(STEP_MIN) - self.step).detach()
         return LearnedStepFakeQuant.apply(v, step, self.offset, qmin, qmax, self.grad_scale(v))
-
-    def get_extra_state(self) -> dict:
-        return {"signed": self.signed}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.signed = state["signed"]
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, offset={self.offset_mode}, init={self.init}"

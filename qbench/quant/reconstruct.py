@@ -17,7 +17,7 @@ classifier layers on their own.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from qbench.quant.calibrate import quantized_layers, set_quantization_enabled
 from qbench.quant.layers import QUANT_LAYERS
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-GRANULARITIES = ("block", "layer")
+Reconstruction = Literal["block", "layer"]  # the unit whose output is reconstructed
 
 
 class _Stop(Exception):
@@ -38,7 +38,7 @@ def _holds_quantized_layer(module: nn.Module) -> bool:
     return any(isinstance(m, QUANT_LAYERS) for m in module.modules())
 
 
-def reconstruction_units(model: nn.Module, granularity: str) -> dict[str, nn.Module]:
+def reconstruction_units(model: nn.Module, granularity: Reconstruction) -> dict[str, nn.Module]:
     """Units by name in module order: every quantized layer (``layer``), or blocks (``block``,
     module docstring)."""
     if granularity == "layer":
@@ -135,7 +135,7 @@ def optimise_unit(unit: nn.Module, quantizers: list[AttentionRoundQuantizer], in
         opt.step()
 
 
-def reconstruct(model: nn.Module, batches: list[torch.Tensor], granularity: str, block_input: str,
+def reconstruct(model: nn.Module, batches: list[torch.Tensor], granularity: Reconstruction, block_input: str,
                 optimise: Callable[[nn.Module, list[AttentionRoundQuantizer], torch.Tensor, torch.Tensor], None]
                 ) -> dict[str, dict[str, float]]:
     """Optimise the rounding of every unit in execution order (module docstring) with

@@ -16,6 +16,7 @@ import yaml
 
 from qbench.report.records import load_records, records_frame
 from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared
+from qbench.validate import fail
 
 CONF_TABLES = Path(__file__).resolve().parents[2] / "conf" / "table"
 YOUR_RECORDS = "runs/records"  # paths.records_dir in conf/config.yaml: your own ledger
@@ -27,8 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """Bad input is one line, ``qbench-table: error: ...``, and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        fail(message, self.prog)
 
 
 def _parser() -> _Parser:
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.name:
             _write_table(args.name, narrowed, args, out)
     except ValueError as exc:
-        print(f"qbench-table: error: {exc}", file=sys.stderr)
-        return 2
+        fail(str(exc), parser.prog)
     return 0
 
 
