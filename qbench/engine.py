@@ -5,7 +5,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from qbench.checkpoint import restore_training, save_training
 from qbench.data import BatchSource
 from qbench.distributed import World, barrier, mean_over_ranks, rank_slice
 from qbench.quant.base import Quantizer
+from qbench.tensorboard import log_values, quantizer_values
 
 
 class Diverged(RuntimeError):
@@ -80,8 +81,8 @@ def build_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if id(p) not in qids], "weight_decay": recipe["weight_decay"],
-         "lr_scale": 1.0},
-        {"params": [p for p in params if id(p) in qids],
+         "lr_scale": 1.0, "name": "network"},
+        {"params": [p for p in params if id(p) in qids], "name": "quantizers",
          "weight_decay": recipe.get("quantizer_weight_decay", 0.0),
          "lr_scale": recipe.get("quantizer_lr_scale", 1.0)},
     ]
@@ -131,13 +132,17 @@ class TrainSettings:
 
 def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: Path,
           settings: TrainSettings, seed: int, writer: Any = None, tag: str = "train",
-          meta: dict | None = None, world: World = World()) -> int:
+          meta: dict | None = None, world: World = World(),
+          on_epoch_end: Callable[[int, int], None] | None = None) -> int:
     """Train ``model`` for ``recipe['epochs']`` epochs (each cut to ``max_steps_per_epoch``
     steps where the recipe sets it; batch norm statistics frozen where it sets ``freeze_bn``;
     the global gradient norm clipped to ``grad_clip_norm`` where it sets one),
     checkpointing to ``run_dir/checkpoint.pt`` after each epoch and resuming from it when
     present. ``meta`` (plain data: config, method options, precision plan, versions) is stored
-    beside the weights, so the checkpoint describes itself. Returns the epoch it resumed at
+    beside the weights, so the checkpoint describes itself. ``writer`` gets, every
+    ``log_every`` steps, the mean loss, each parameter group's learning rate and every
+    quantizer's values (:mod:`qbench.tensorboard`); ``on_epoch_end(epochs done, global step)``
+    runs after each epoch's checkpoint (validation curves). Returns the epoch it resumed at
     (0 for a fresh start). Raises :class:`Diverged` on a NaN/inf loss and
     :class:`CheckpointError` on a checkpoint it cannot resume from.
 
@@ -188,11 +193,15 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
                     bar.close()
                     raise Diverged(f"loss became {mean_loss} in epoch {epoch + 1}")
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{recipe['lr'] * m:.2e}")
-                if writer is not None:
-                    writer.add_scalar(f"{tag}/loss", mean_loss, step)
-                    writer.add_scalar(f"{tag}/lr", recipe["lr"] * m, step)
+                if writer is not None:  # at the number of optimizer steps taken
+                    writer.add_scalar(f"{tag}/loss", mean_loss, step + 1)
+                    for g in optimizer.param_groups:
+                        writer.add_scalar(f"{tag}/lr/{g['name']}", g["lr"], step + 1)
+                    log_values(writer, "quantizer", quantizer_values(model), step + 1)
         bar.close()
         if world.is_main:
             save_training(ckpt_path, model, optimizer, epoch + 1, meta or {})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, (epoch + 1) * steps_per_epoch)
         barrier(world)
     return start_epoch

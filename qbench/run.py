@@ -6,7 +6,7 @@ import platform
 import time
 import traceback
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,11 +16,13 @@ from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta
 from qbench.data import build_data
 from qbench.distributed import current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train
-from qbench.methods.registry import RunFacts
+from qbench.methods import Method, RunFacts
 from qbench.provenance import git_state, versions
+from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
 from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
+from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer, quantizer_values
 from qbench.validate import ConfigError
 
 
@@ -29,12 +31,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _tensorboard(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(path))
 
 
 def qat_recipe(cfg: dict) -> dict:
@@ -53,13 +49,16 @@ def place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 
-def log_values(writer, tag: str, values: dict[str, dict[str, float]]) -> None:
-    """Each quantizer's values (``{quantizer: {name: value}}``) to TensorBoard under ``tag/``."""
-    if writer is None:
-        return
-    for name, named in values.items():
-        for param, value in named.items():
-            writer.add_scalar(f"{tag}/{name}.{param}", value, 0)
+def quantize(model: torch.nn.Module, method: Method, cfg: dict, calibration: list[torch.Tensor],
+             settings: TrainSettings, writer: Any, resuming: bool) -> tuple[torch.nn.Module, dict[str, LayerPrecision]]:
+    """The phases before fine-tuning: plan, prepare (on the run's device), initialise — skipped
+    when resuming, since the checkpoint holds the quantizers; initial values to TensorBoard."""
+    plan = phases.plan_layers(model, cfg, method)
+    model = place(phases.prepare(model, plan, method), settings)
+    if not resuming:
+        log_values(writer, "init", phases.initialize(model, method, cfg, calibration))
+        log_values(writer, "quantizer", quantizer_values(model))
+    return model, plan
 
 
 def say(message: str) -> None:
@@ -168,23 +167,25 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     say(f"run {rid}: {cell.label()}")
-    baseline = get_baseline(cfg, data, settings, _tensorboard)
+    baseline = get_baseline(cfg, data, settings, open_writer)
     say(f"FP baseline {baseline.key}: top-1 {baseline.metrics['top1']:.2f}")
     model = baseline.fresh_copy()
-    status, extra, plan = "ok", {}, {}
-    writer = _tensorboard(run_dir / "tb") if world.is_main else None
+    status, metrics, extra, plan, report = "ok", None, {}, {}, {}
+    writer = open_writer(run_dir / "tb") if world.is_main else None
     resuming = method.trains and cell.checkpoint.exists()
     calibration = [x.to(settings.device) for x in data.calibration]
     try:
         if method.quantizes:
-            plan = phases.plan_layers(model, cfg, method)
-            model = place(phases.prepare(model, plan, method), settings)
+            model, plan = quantize(model, method, cfg, calibration, settings, writer, resuming)
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
             extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
-            if not resuming:
-                log_values(writer, "init", phases.initialize(model, method, cfg, calibration))
         else:
             model = place(model, settings)
+        facts = RunFacts(baseline.model, plan, None if resuming else sum(len(x) for x in calibration),
+                         None if resuming else len(calibration))
+        curves = EpochCurves(writer, lambda: evaluate(model, data.val, settings.device, settings.channels_last,
+                                                      settings.progress)["top1"],
+                             lambda: method.report(model, facts), qat_recipe(cfg)["epochs"])
         if resuming:
             written_by = checkpoint_git(cell.checkpoint)
             if written_by and written_by != provenance["git"]:
@@ -192,21 +193,21 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
                     f"(dirty: {written_by['dirty']}); this code is {provenance['git']['commit']}")
                 extra["resumed_from_git"] = written_by
         if method.trains:
-            resumed_at = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"], writer,
-                               tag="qat", meta=checkpoint_meta(cfg, rid, plan), world=world)
-            extra["resumed_at_epoch"] = resumed_at
+            extra["resumed_at_epoch"] = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"],
+                                              writer, tag="qat", meta=checkpoint_meta(cfg, rid, plan),
+                                              world=world, on_epoch_end=curves)
         if method.quantizes:
             log_values(writer, "finalize", method.finalize(model, calibration))
-            images = sum(len(x) for x in calibration)
-            facts = RunFacts(baseline.model, plan, None if resuming else images,
-                             None if resuming else len(calibration))
-            extra.update(method.report(model, facts))
+            report = method.report(model, facts)
+            extra.update(report)
         metrics = evaluate(model, data.val, settings.device, settings.channels_last, settings.progress)
+        curves.final(metrics["top1"], report)
     except Diverged as exc:
         status, metrics = "diverged", None
         extra["reason"] = str(exc)
     finally:
         if writer is not None:
+            log_hparams(writer, cfg, metrics)
             writer.close()
     record = {
         "run_id": rid,
