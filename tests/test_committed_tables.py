@@ -1,11 +1,15 @@
 """Every committed table under results/tables regenerates byte-identical from qbench's published
 records (results/published) with ``qbench-table NAME --published``: a table edited by hand, or
-published records changed without re-rendering the tables, fails here."""
+published records changed without re-rendering the tables, fails here. Every table has its picture
+(``NAME.png``), which regenerates byte-identical under the matplotlib version that drew it."""
 from pathlib import Path
 
+import matplotlib
 import pytest
+from PIL import Image
 
 from qbench.report.cli import CONF_TABLES, main
+from qbench.report.plot import PNG_METADATA_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = REPO / "results" / "tables"
@@ -14,6 +18,7 @@ PUBLISHED = REPO / "results" / "published"
 # Every committed variant is another recipe, so a file-name suffix is read as recipe.name.
 SUFFIX_KEY = "recipe.name"
 COMMITTED = sorted(p.name for p in TABLES.glob("*.md")) + sorted(p.name for p in TABLES.glob("*.csv"))
+TABLE_STEMS = sorted(p.stem for p in TABLES.glob("*.md"))
 
 
 def table_args(stem: str) -> list[str]:
@@ -39,3 +44,22 @@ def test_committed_table_regenerates_byte_identical(filename, tmp_path):
     assert (tmp_path / filename).read_bytes() == (TABLES / filename).read_bytes(), (
         f"results/tables/{filename} is not what `qbench-table {' '.join(argv[:-4])}` renders from "
         "results/published: re-render it, never edit it by hand")
+
+
+def test_every_committed_table_has_its_picture():
+    missing = [f"results/tables/{stem}.png" for stem in TABLE_STEMS if not (TABLES / f"{stem}.png").is_file()]
+    assert TABLE_STEMS and not missing, f"no picture beside its table: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("stem", TABLE_STEMS)
+def test_committed_picture_regenerates_byte_identical(stem, tmp_path):
+    with Image.open(TABLES / f"{stem}.png") as committed:
+        drawn_by = committed.text.get(PNG_METADATA_KEY)
+    if drawn_by != matplotlib.__version__:
+        pytest.skip(f"results/tables/{stem}.png was drawn by matplotlib {drawn_by}, this is "
+                    f"{matplotlib.__version__}: its pixels may differ")
+    argv = [*table_args(stem), "--published", "--published-dir", str(PUBLISHED), "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert (tmp_path / f"{stem}.png").read_bytes() == (TABLES / f"{stem}.png").read_bytes(), (
+        f"results/tables/{stem}.png is not what `qbench-table {' '.join(argv[:-4])}` draws from "
+        "results/published: re-render it")

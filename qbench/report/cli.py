@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import yaml
 
+from qbench.report.plot import plot_table, write_png
 from qbench.report.records import load_records, records_frame
 from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared
 from qbench.validate import fail
@@ -70,7 +71,7 @@ def _read(records_dir: str) -> list[dict]:
 
 
 def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path) -> None:
-    """Render ``name`` in the chosen mode and write ``<name>[--<value>...].md`` and ``.csv``."""
+    """Render ``name`` in the chosen mode and write ``<name>[--<value>...].md``, ``.csv`` and ``.png``."""
     spec = narrow_spec(load_spec(name, CONF_TABLES), narrowed)
     if args.published:
         text, frame = render(spec, _read(args.published_dir))
@@ -81,8 +82,9 @@ def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path)
     stem = name + "".join(f"--{value}" for value in narrowed.values())
     (out / f"{stem}.md").write_text(text)
     frame.to_csv(out / f"{stem}.csv", index=False)
+    write_png(plot_table(spec, frame), out / f"{stem}.png")
     print(text)
-    print(f"-> {out / stem}.md, {out / stem}.csv")
+    print(f"-> {out / stem}.md, {out / stem}.csv, {out / stem}.png")
 
 
 def _write_all_runs(records_dir: str, out: Path) -> None:
