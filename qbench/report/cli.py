@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import yaml
 
+from qbench.report.latex import render_latex
 from qbench.report.plot import plot_table, write_png
 from qbench.report.records import load_records, records_frame
 from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared
@@ -48,6 +49,8 @@ def _parser() -> _Parser:
     parser.add_argument("--select", action="append", default=[], metavar="KEY=VALUE",
                         help="render only runs with this config value besides the spec's select "
                              "(e.g. recipe.name=local_short_bn); the output files get the value as a suffix")
+    parser.add_argument("--format", choices=("markdown", "latex"), default="markdown",
+                        help="latex: also write the table as <name>.tex (booktabs) beside the .md, .csv and .png")
     return parser
 
 
@@ -71,7 +74,8 @@ def _read(records_dir: str) -> list[dict]:
 
 
 def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path) -> None:
-    """Render ``name`` in the chosen mode and write ``<name>[--<value>...].md``, ``.csv`` and ``.png``."""
+    """Render ``name`` in the chosen mode and write ``<name>[--<value>...].md``, ``.csv`` and ``.png``,
+    and ``.tex`` with ``--format latex``."""
     spec = narrow_spec(load_spec(name, CONF_TABLES), narrowed)
     if args.published:
         text, frame = render(spec, _read(args.published_dir))
@@ -83,8 +87,12 @@ def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path)
     (out / f"{stem}.md").write_text(text)
     frame.to_csv(out / f"{stem}.csv", index=False)
     write_png(plot_table(spec, frame), out / f"{stem}.png")
+    written = ["md", "csv", "png"]
+    if args.format == "latex":
+        (out / f"{stem}.tex").write_text(render_latex(spec, frame))
+        written.append("tex")
     print(text)
-    print(f"-> {out / stem}.md, {out / stem}.csv, {out / stem}.png")
+    print("-> " + ", ".join(f"{out / stem}.{suffix}" for suffix in written))
 
 
 def _write_all_runs(records_dir: str, out: Path) -> None:
@@ -102,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a table name or --all")
     if args.published and args.records_dir:
         parser.error("--published reads qbench's published records only; give --published-dir, not --records-dir")
+    if args.format == "latex" and not args.name:
+        parser.error("--format latex writes a table's .tex: give a table name")
     narrowed = _narrowed(parser, args.select)
     if not Path(args.published_dir).is_dir() and (args.name or args.published):
         parser.error(f"no published records folder {args.published_dir} "
