@@ -8,7 +8,8 @@
 # table shows your runs beside qbench's published ones and the paper's, in runs/tables.
 # With --publish the sweeps write qbench's published records (results/published) and every
 # committed table in results/tables is rendered again with `qbench-table NAME --published`; a
-# committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE.
+# committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE, and results/claims.md
+# (every table's claims judged on the published records) is written again.
 # Arguments after `--` go to every sweep (e.g. runtime.threads=1 to run two queues side by side).
 set -euo pipefail
 shopt -s nullglob
@@ -39,6 +40,7 @@ if $publish; then
     stem=$(basename "$f" .md)
     qbench-table "${stem%%--*}" --published --select "recipe.name=${stem#*--}"
   done
+  qbench-table --claims
 else
   for f in conf/table/*.yaml; do
     qbench-table "$(basename "$f" .yaml)"

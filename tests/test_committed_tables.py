@@ -1,7 +1,8 @@
 """Every committed table under results/tables regenerates byte-identical from qbench's published
 records (results/published) with ``qbench-table NAME --published``: a table edited by hand, or
-published records changed without re-rendering the tables, fails here. Every table has its picture
-(``NAME.png``), which regenerates byte-identical under the matplotlib version that drew it."""
+published records changed without re-rendering the tables, fails here; so does results/claims.md
+(``qbench-table --claims``), every table's claims judged on the same records. Every table has its
+picture (``NAME.png``), which regenerates byte-identical under the matplotlib version that drew it."""
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +20,7 @@ PUBLISHED = REPO / "results" / "published"
 SUFFIX_KEY = "recipe.name"
 COMMITTED = sorted(p.name for p in TABLES.glob("*.md")) + sorted(p.name for p in TABLES.glob("*.csv"))
 TABLE_STEMS = sorted(p.stem for p in TABLES.glob("*.md"))
+CLAIMS_PAGE = REPO / "results" / "claims.md"
 
 
 def table_args(stem: str) -> list[str]:
@@ -63,3 +65,11 @@ def test_committed_picture_regenerates_byte_identical(stem, tmp_path):
     assert (tmp_path / f"{stem}.png").read_bytes() == (TABLES / f"{stem}.png").read_bytes(), (
         f"results/tables/{stem}.png is not what `qbench-table {' '.join(argv[:-4])}` draws from "
         "results/published: re-render it")
+
+
+def test_committed_claims_page_regenerates_byte_identical(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the page names the records folder as given: the default, results/published
+    assert main(["--claims", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "claims.md").read_bytes() == CLAIMS_PAGE.read_bytes(), (
+        "results/claims.md is not what `qbench-table --claims` writes from results/published: "
+        "re-render it, never edit it by hand")

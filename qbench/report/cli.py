@@ -3,7 +3,9 @@
 ``qbench-table NAME`` shows your runs (``runs/records``, the default ``paths.records_dir``)
 beside qbench's published runs (``results/published``) and the paper's numbers, into
 ``runs/tables``. ``qbench-table NAME --published`` renders qbench's published runs alone beside
-the paper, into ``results/tables``: that is how the committed tables are made.
+the paper, into ``results/tables``: that is how the committed tables are made. Each table lists
+its paper's claims with verdicts; ``qbench-table --claims`` writes every table's claims, judged on
+qbench's published runs, into ``results/claims.md``.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import NoReturn
 
 import yaml
 
+from qbench.report.claims_page import CLAIMS_DIR, CLAIMS_PAGE, claims_page
 from qbench.report.latex import render_latex
 from qbench.report.plot import plot_table, write_png
 from qbench.report.records import load_records, records_frame
@@ -42,6 +45,9 @@ def _parser() -> _Parser:
     parser.add_argument("--published", action="store_true",
                         help=f"render qbench's published records alone (ours vs paper) into {PUBLISHED_TABLES}: "
                              "regenerates the committed tables")
+    parser.add_argument("--claims", action="store_true",
+                        help=f"judge every table spec's claims on qbench's published records into "
+                             f"{CLAIMS_DIR}/{CLAIMS_PAGE} (or --out-dir)")
     parser.add_argument("--records-dir", help=f"your records (default {YOUR_RECORDS}); not with --published")
     parser.add_argument("--published-dir", default=PUBLISHED_RECORDS,
                         help=f"qbench's published records (default {PUBLISHED_RECORDS})")
@@ -103,17 +109,25 @@ def _write_all_runs(records_dir: str, out: Path) -> None:
     print(f"{len(records)} runs -> {path}")
 
 
+def _write_claims(args: argparse.Namespace) -> None:
+    """Every table spec's claims judged on the published records, into ``claims.md``."""
+    out = Path(args.out_dir or CLAIMS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CLAIMS_PAGE).write_text(claims_page(CONF_TABLES, _read(args.published_dir), args.published_dir))
+    print(f"-> {out / CLAIMS_PAGE}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.name and not args.all:
-        parser.error("give a table name or --all")
+    if not args.name and not args.all and not args.claims:
+        parser.error("give a table name, --all or --claims")
     if args.published and args.records_dir:
         parser.error("--published reads qbench's published records only; give --published-dir, not --records-dir")
     if args.format == "latex" and not args.name:
         parser.error("--format latex writes a table's .tex: give a table name")
     narrowed = _narrowed(parser, args.select)
-    if not Path(args.published_dir).is_dir() and (args.name or args.published):
+    if not Path(args.published_dir).is_dir() and (args.name or args.published or args.claims):
         parser.error(f"no published records folder {args.published_dir} "
                      "(run from the repository root or give --published-dir)")
     out = Path(args.out_dir or (PUBLISHED_TABLES if args.published else YOUR_TABLES))
@@ -123,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             _write_all_runs(args.published_dir if args.published else args.records_dir or YOUR_RECORDS, out)
         if args.name:
             _write_table(args.name, narrowed, args, out)
+        if args.claims:
+            _write_claims(args)
     except ValueError as exc:
         fail(str(exc), parser.prog)
     return 0

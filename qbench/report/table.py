@@ -23,6 +23,8 @@ import yaml
 
 from qbench.identity import seed_free_config, seed_free_identity
 from qbench.report.records import flatten
+from qbench.report.stats import seed_spread
+from qbench.report.verdicts import claims_section
 
 MISSING = "—"
 PUBLISHED_RECORDS = "results/published"  # qbench's own records, read-only: the committed tables
@@ -54,14 +56,6 @@ def load_spec(name: str, table_dir: Path) -> dict:
 
 def _matches(flat_config: dict, select: dict) -> bool:
     return all(flat_config.get(k) == v for k, v in select.items())
-
-
-def _spread(values: list[float], kind: str) -> float:
-    if len(values) < 2:
-        return 0.0
-    if kind == "halfrange":
-        return (max(values) - min(values)) / 2
-    return statistics.stdev(values)
 
 
 def _differing_keys(a: dict, b: dict) -> list[str]:
@@ -169,7 +163,7 @@ def _shown(cell: Cell | None, spread_kind: str) -> Shown:
         return Shown("diverged" if diverged else MISSING)
     n = len(cell.values)
     mean = statistics.fmean(cell.values)
-    spread = _spread(cell.values, spread_kind) if n > 1 else None
+    spread = seed_spread(cell.values, spread_kind) if n > 1 else None
     delta = mean - statistics.fmean(cell.fp)
     return Shown(_fmt(mean, delta, spread), mean, spread, n, delta)
 
@@ -294,7 +288,8 @@ def _collect_runs(spec: dict, runs: Runs) -> dict[tuple[str, str], Cell]:
 
 def _render(spec: dict, sources: list[Runs], made_by: list[str]) -> tuple[str, pd.DataFrame]:
     """Markdown and long-format frame (one line per row × column) of ``spec``: one group of
-    columns per set of runs, then the paper's, then the spec's extra columns."""
+    columns per set of runs, then the paper's, then the spec's extra columns; below the table, the
+    spec's claims with a verdict per set of runs (:mod:`qbench.report.verdicts`)."""
     cells = [_collect_runs(spec, runs) for runs in sources]
     header = _header(spec, sources)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -303,7 +298,8 @@ def _render(spec: dict, sources: list[Runs], made_by: list[str]) -> tuple[str, p
         entries = {col: _entry(spec, row, col, cells) for col in spec["columns"]}
         lines.append(_markdown_line(spec, row, entries, len(sources)))
         frame += [_frame_line(spec, row, col, entry, sources) for col, entry in entries.items()]
-    return "\n".join(_caption(spec, sources, cells) + lines + made_by) + "\n", pd.DataFrame(frame)
+    claims = claims_section(spec, [(runs.label, c) for runs, c in zip(sources, cells)])
+    return "\n".join(_caption(spec, sources, cells) + lines + claims + made_by) + "\n", pd.DataFrame(frame)
 
 
 def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
