@@ -60,14 +60,17 @@ def _offsets(n: int) -> np.ndarray:
 
 def _fp_label(frame: pd.DataFrame, labels: list[str]) -> str:
     """``FP: ours 84.65; paper 76.10`` for the lines of one row (several values where its cells differ)."""
-    parts = [f"{label} {' / '.join(f'{v:.2f}' for v in fp_values(frame, label))}"
-             for label in [*labels, PAPER] if fp_values(frame, label)]
+    fps = {label: fp_values(frame, label) for label in [*labels, PAPER]}
+    parts = [f"{label} {' / '.join(f'{v:.2f}' for v in values)}" for label, values in fps.items() if values]
     return f"FP: {'; '.join(parts)}" if parts else "FP: —"
 
 
 def _draw_runs(ax: Axes, x: np.ndarray, lines: pd.DataFrame, label: str, style: int, colour) -> None:
-    """One set of runs of one row: Δ FP per column, filled markers, error bars where seeds spread."""
+    """One set of runs of one row: Δ FP per column, filled markers, error bars where seeds spread;
+    nothing where this set has no finished run in the row."""
     delta = numbers(lines, f"{label}_delta_fp").to_numpy()
+    if np.isnan(delta).all():
+        return
     spread = numbers(lines, f"{label}_spread").to_numpy()
     row = lines["row"].iloc[0]
     ax.plot(x, delta, color=colour, linestyle=LINE_STYLES[style], marker=MARKERS[style], markersize=6,
