@@ -8,6 +8,9 @@ Every cell shows our top-1 — the mean ± spread over seeds where several exist
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
 the cell's runs (e.g. ``weight_cosine_mean``). A cell without a record shows ``—``, never 0.
+``claims`` (the paper's claims as checks, :mod:`qbench.report.claims`) are judged on the same
+cells and listed under the table (:mod:`qbench.report.verdicts`); a row's ``paper_spread`` is the
+paper's spread over seeds per column, where it gives one.
 
 :func:`render` is qbench's published table (``ours`` beside the paper), what results/tables
 holds; :func:`render_compared` puts your runs (``yours``) beside qbench's (``qbench``) and the paper.
