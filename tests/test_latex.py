@@ -85,7 +85,8 @@ def test_a_booktabs_table_with_one_row_per_spec_row_and_every_row_as_wide_as_the
 
 
 def test_your_runs_qbench_runs_and_the_paper_are_three_groups():
-    _, frame = render_compared(SPEC, Runs("yours", "your", [record(4, 85.0, fp=88.0)]), Runs("qbench", "qbench's", RECORDS))
+    yours = Runs("yours", "your", [record(4, 85.0, fp=88.0)])
+    _, frame = render_compared(SPEC, yours, Runs("qbench", "qbench's", RECORDS))
     tex = render_latex(SPEC, frame)
     assert_balanced(tex)
     width, rows, body = tabular_rows(tex)
@@ -95,7 +96,8 @@ def test_your_runs_qbench_runs_and_the_paper_are_three_groups():
               "weight cosine qbench"]
     positions = [rows[0].index(rf"\multicolumn{{2}}{{c}}{{{group}}}") for group in groups]
     assert positions == sorted(positions)
-    assert body[0].split(" & ")[1:5] == ["---", "$85.00$ ($-3.00$)", "$80.00$ ($-10.00$)", r"$88.00 \pm 1.41$ ($-2.00$)"]
+    assert body[0].split(" & ")[1:5] == ["---", "$85.00$ ($-3.00$)", "$80.00$ ($-10.00$)",
+                                         r"$88.00 \pm 1.41$ ($-2.00$)"]
     assert "FP top-1: yours 88.00; qbench 90.00; paper 70.0." in tex
 
 

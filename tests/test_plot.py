@@ -92,7 +92,9 @@ def test_cli_writes_the_png_beside_the_table(tmp_path):
     in_lsq_resnet18 = {"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local"}}
     write_record(record(4, 89.0, extra=in_lsq_resnet18), tmp_path / "rec" / "a.json")
     dirs = ["--published-dir", str(tmp_path / "rec")]
-    for mode, out in ((["--records-dir", str(tmp_path / "rec")], tmp_path / "yours"), (["--published"], tmp_path / "ours")):
+    modes = {"yours": ["--records-dir", str(tmp_path / "rec")], "ours": ["--published"]}
+    for folder, mode in modes.items():
+        out = tmp_path / folder
         assert main(["lsq_resnet18", *mode, *dirs, "--out-dir", str(out)]) == 0
         with Image.open(out / "lsq_resnet18.png") as image:
             assert image.format == "PNG" and image.size[0] > 500

@@ -94,7 +94,8 @@ def _fp_sentence(spec: dict, frame: pd.DataFrame, labels: list[str]) -> str:
 def _caption(spec: dict, frame: pd.DataFrame, labels: list[str]) -> str:
     spread = "half range" if spec.get("spread") == "halfrange" else "standard deviation"
     narrowed = spec.get("narrowed") or {}
-    selected = f" Runs selected beyond the spec: {', '.join(f'{k}={v}' for k, v in narrowed.items())}." if narrowed else ""
+    selected = ", ".join(f"{k}={v}" for k, v in narrowed.items())
+    selected = f" Runs selected beyond the spec: {selected}." if narrowed else ""
     return (f"{escape(spec['title'])}. Top-1 accuracy (\\%) on {escape(spec.get('dataset_label', 'our data'))}; "
             f"{escape(_fp_sentence(spec, frame, labels))}{escape(selected)} Mean $\\pm$ {spread} over seeds where "
             f"several exist; $\\Delta$ FP is each number minus its own FP baseline; {MISSING} marks a cell "

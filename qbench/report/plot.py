@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from qbench.report.frame import PAPER, columns, fp_values, numbers, run_labels, rows_with_runs
+from qbench.report.frame import PAPER, columns, fp_values, numbers, rows_with_runs, run_labels
 
 LINE_STYLES = ("-", ":")  # the first set of runs, the second (qbench's beside yours)
 MARKERS = ("o", "s")
@@ -140,8 +140,8 @@ def plot_table(spec: dict, frame: pd.DataFrame) -> Figure:
         ax.set_title("\n".join(textwrap.wrap(spec["title"], 90)) + "\ntop-1 minus its own FP baseline",
                      fontsize=11)
         handles = [_row_entry(frame[frame["row"] == row], labels, c) for row, c in zip(rows, colours)]
-        fig.legend(handles=handles + _key(labels, spec.get("spread", "std"), paper_drawn), loc="outside lower center", ncols=1,
-                   fontsize=9, frameon=False)
+        key = _key(labels, spec.get("spread", "std"), paper_drawn)
+        fig.legend(handles=handles + key, loc="outside lower center", ncols=1, fontsize=9, frameon=False)
     return fig
 
 
