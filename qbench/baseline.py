@@ -67,7 +67,8 @@ def fp_recipe(cfg: dict) -> dict:
 
 
 def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=None) -> Baseline:
-    key = config_hash(baseline_config(cfg))
+    identity = baseline_config(cfg, settings.device.type)
+    key = config_hash(identity)
     directory = Path(cfg["paths"]["runs_dir"]) / "baselines" / f"{cfg['model']['name']}-{cfg['dataset']['name']}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     weights_path, info_path = directory / "model.pt", directory / "baseline.json"
@@ -86,7 +87,7 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
             metrics = evaluate(model, data.val, settings.device, settings.channels_last,
                                settings.progress, desc="eval fp")
             save_atomic(model.state_dict(), weights_path)
-            info = {"key": key, "config": baseline_config(cfg), "metrics": metrics,
+            info = {"key": key, "config": identity, "metrics": metrics, "torch_threads": torch.get_num_threads(),
                     "weights_sha256": file_sha256(weights_path)}
             tmp = info_path.with_name(info_path.name + ".tmp")
             tmp.write_text(json.dumps(info, indent=2))

@@ -59,13 +59,17 @@ def seed_free_identity(cfg: dict) -> str:
     return config_hash(seed_free_config(cfg))
 
 
-def baseline_config(cfg: dict) -> dict:
-    """What the FP baseline depends on: data, architecture, weights source, FP recipe, seed."""
+def baseline_config(cfg: dict, device_type: str) -> dict:
+    """What the FP baseline depends on: data, architecture, weights source, FP recipe (with the
+    CPU thread count), seed, and the device type that trains it (CPU and CUDA kernels reduce in
+    different orders, so they give different weights)."""
     recipe = cfg["recipe"]
+    trained = not (cfg["dataset"]["pretrained_fp"] or cfg["model"]["weights"])
     return {
         "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATASET_LOCATION_KEYS},
         "model": cfg["model"],
-        "fp_recipe": None if cfg["dataset"]["pretrained_fp"] or cfg["model"]["weights"] else
-        {"batch_size": recipe["batch_size"], **recipe["fp"]},
+        "fp_recipe": {"batch_size": recipe["batch_size"], "cpu_threads": recipe.get("cpu_threads"), **recipe["fp"]}
+        if trained else None,
+        "device_type": device_type if trained else None,
         "baseline_seed": cfg["baseline_seed"],
     }

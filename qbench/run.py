@@ -68,11 +68,12 @@ def say(message: str) -> None:
 
 
 def settings_of(cfg: dict) -> TrainSettings:
-    """Apply ``runtime.*`` to this process (quantizer kernels, threads); the trainer's settings."""
+    """Apply ``runtime.*`` and the recipe's ``cpu_threads`` to this process (quantizer kernels,
+    torch threads); the trainer's settings."""
     rt = cfg["runtime"]
     compile_kernels(rt["compile_quantizers"])
-    if rt["threads"]:
-        torch.set_num_threads(rt["threads"])
+    if cfg["recipe"].get("cpu_threads"):
+        torch.set_num_threads(cfg["recipe"]["cpu_threads"])
     return TrainSettings(resolve_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])
 
 

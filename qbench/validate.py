@@ -165,6 +165,7 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"model.name={cfg['model']['name']!r} is unknown; allowed: {', '.join(sorted(MODELS))}")
     recipe = cfg["recipe"]
     _check_positive_int("recipe.batch_size", recipe["batch_size"])
+    _check_positive_int("recipe.cpu_threads", recipe.get("cpu_threads"), allow_null=True)
     _check_positive_int("recipe.eval_batch_size", recipe["eval_batch_size"])
     for phase in ("fp", "qat"):
         if recipe.get(phase):

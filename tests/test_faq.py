@@ -211,7 +211,7 @@ def test_faq_recipes_share_the_local_fp_baseline_and_set_their_weight_decay(make
     local = make_config("recipe=local")
     for recipe, bits, wd in (("faq_local_8bit", 8, 1.0e-4), ("faq_local_4bit", 4, 5.0e-5)):
         cfg = make_config("method=faq", f"recipe={recipe}", f"bits={bits}")
-        assert baseline_config(cfg) == baseline_config(local)
+        assert baseline_config(cfg, "cpu") == baseline_config(local, "cpu")
         assert qat_recipe(cfg)["weight_decay"] == wd
 
 

@@ -55,7 +55,7 @@ def test_run_identity_ignores_paths_and_runtime_but_not_results(make_config, tmp
     from qbench.identity import run_id
 
     base = make_config()
-    assert run_id(base) == run_id(make_config("runtime.progress=true", "runtime.threads=1"))
+    assert run_id(base) == run_id(make_config("runtime.progress=true", "runtime.log_every=7"))
     assert run_id(base) != run_id(make_config("quant.first_layer.weight_bits=4"))
     assert run_id(make_config("method=fp", "bits=2")) == run_id(make_config("method=fp", "bits=4"))
 

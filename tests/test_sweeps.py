@@ -192,7 +192,7 @@ def test_a_resume_under_other_code_is_reported_in_the_record(make_config, capsys
 
 
 def test_two_process_gloo_ddp_run_writes_one_record(tmp_path):
-    args = [*TINY, "recipe.qat.epochs=2", "runtime.threads=1",
+    args = [*TINY, "recipe.qat.epochs=2", "recipe.cpu_threads=1",
             f"paths.runs_dir={tmp_path}/runs", f"paths.records_dir={tmp_path}/records"]
     result = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "qbench", *args],
                             capture_output=True, text=True, cwd=REPO, timeout=600,
