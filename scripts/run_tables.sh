@@ -8,8 +8,9 @@
 # table shows your runs beside qbench's published ones and the paper's, in runs/tables.
 # With --publish the sweeps write qbench's published records (results/published) and every
 # committed table in results/tables is rendered again with `qbench-table NAME --published`; a
-# committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE, and results/claims.md
-# (every table's claims judged on the published records) is written again.
+# committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE; results/claims.md
+# (every table's claims judged on the published records) and results/README.md (every table, its
+# plot and its verdicts) are written again.
 # Arguments after `--` go to every sweep (e.g. runtime.threads=1 to run two queues side by side).
 set -euo pipefail
 shopt -s nullglob
@@ -41,6 +42,7 @@ if $publish; then
     qbench-table "${stem%%--*}" --published --select "recipe.name=${stem#*--}"
   done
   qbench-table --claims
+  qbench-table --results-page
 else
   for f in conf/table/*.yaml; do
     qbench-table "$(basename "$f" .yaml)"

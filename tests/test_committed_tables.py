@@ -1,7 +1,8 @@
 """Every committed table under results/tables regenerates byte-identical from qbench's published
 records (results/published) with ``qbench-table NAME --published``: a table edited by hand, or
-published records changed without re-rendering the tables, fails here; so does results/claims.md
-(``qbench-table --claims``), every table's claims judged on the same records. Every table has its
+published records changed without re-rendering the tables, fails here; so do results/claims.md
+(``qbench-table --claims``), every table's claims judged on the same records, and results/README.md
+(``qbench-table --results-page``), every table with its runs, plot and verdicts. Every table has its
 picture (``NAME.png``), which regenerates byte-identical under the matplotlib version that drew it."""
 from pathlib import Path
 
@@ -21,6 +22,7 @@ SUFFIX_KEY = "recipe.name"
 COMMITTED = sorted(p.name for p in TABLES.glob("*.md")) + sorted(p.name for p in TABLES.glob("*.csv"))
 TABLE_STEMS = sorted(p.stem for p in TABLES.glob("*.md"))
 CLAIMS_PAGE = REPO / "results" / "claims.md"
+RESULTS_PAGE = REPO / "results" / "README.md"
 
 
 def table_args(stem: str) -> list[str]:
@@ -72,4 +74,12 @@ def test_committed_claims_page_regenerates_byte_identical(tmp_path, monkeypatch)
     assert main(["--claims", "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "claims.md").read_bytes() == CLAIMS_PAGE.read_bytes(), (
         "results/claims.md is not what `qbench-table --claims` writes from results/published: "
+        "re-render it, never edit it by hand")
+
+
+def test_committed_results_page_regenerates_byte_identical(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # the page names the records folder as given and reads results/tables
+    assert main(["--results-page", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "README.md").read_bytes() == RESULTS_PAGE.read_bytes(), (
+        "results/README.md is not what `qbench-table --results-page` writes from results/published: "
         "re-render it, never edit it by hand")

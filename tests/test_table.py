@@ -196,7 +196,7 @@ def test_the_default_records_dir_is_the_ledger_of_conf_config():
 @pytest.mark.parametrize("argv, message", [
     (["lsq_resnet18", "--published", "--records-dir", "x"], "give --published-dir, not --records-dir"),
     (["lsq_resnet18", "--published-dir", "no/such/dir"], "no published records folder no/such/dir"),
-    ([], "give a table name, --all or --claims"),
+    ([], "give a table name, --all, --claims or --results-page"),
     (["lsq_resnet18", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(argv, message, tmp_path, capsys):

@@ -14,10 +14,10 @@ CLAIMS_PAGE = "claims.md"
 CLAIMS_DIR = "results"  # results/claims.md beside results/tables
 
 
-def _counts(verdicts: list[str]) -> str:
-    """``3 claims: 1 holds, 0 fail, 2 inconclusive``."""
+def verdict_counts(verdicts: list[str], noun: str = "claim") -> str:
+    """``3 claims: holds 1, fails 0, inconclusive 2`` (``noun``: what was judged)."""
     count = Counter(verdicts)
-    return (f"{len(verdicts)} claim{'s' if len(verdicts) != 1 else ''}: holds {count[HOLDS]}, "
+    return (f"{len(verdicts)} {noun}{'s' if len(verdicts) != 1 else ''}: holds {count[HOLDS]}, "
             f"fails {count[FAILS]}, inconclusive {count[INCONCLUSIVE]}")
 
 
@@ -26,8 +26,8 @@ def _table_section(spec: dict, records: list[dict]) -> tuple[str, list[str]]:
     cells = collect(spec, records)
     claims = load_claims(spec)
     verdicts = [judge_claim(claim, cells, spec.get("spread", "std"))[0] for claim in claims]
-    summary = f"[{spec['name']}](tables/{spec['name']}.md) — {spec['title']}: {_counts(verdicts)}"
-    section = ["", f"## {spec['name']}", "", f"{spec['title']}. {_counts(verdicts)}."]
+    summary = f"[{spec['name']}](tables/{spec['name']}.md) — {spec['title']}: {verdict_counts(verdicts)}"
+    section = ["", f"## {spec['name']}", "", f"{spec['title']}. {verdict_counts(verdicts)}."]
     for claim in claims:
         section += claim_block(spec, claim, [("ours", cells)])
     return summary, section

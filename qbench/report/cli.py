@@ -5,7 +5,9 @@ beside qbench's published runs (``results/published``) and the paper's numbers, 
 ``runs/tables``. ``qbench-table NAME --published`` renders qbench's published runs alone beside
 the paper, into ``results/tables``: that is how the committed tables are made. Each table lists
 its paper's claims with verdicts; ``qbench-table --claims`` writes every table's claims, judged on
-qbench's published runs, into ``results/claims.md``.
+qbench's published runs, into ``results/claims.md``. ``qbench-table --results-page`` writes
+``results/README.md``: every table and committed recipe variant in ``results/tables`` with its runs'
+recipe, commits and dates, its plot and its claims' verdicts.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from qbench.report.claims_page import CLAIMS_DIR, CLAIMS_PAGE, claims_page
 from qbench.report.latex import render_latex
 from qbench.report.plot import plot_table, write_png
 from qbench.report.records import load_records, records_frame
-from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared
+from qbench.report.results_page import RESULTS_PAGE, results_page
+from qbench.report.table import PUBLISHED_RECORDS, Runs, load_spec, narrow_spec, render, render_compared, table_stem
 from qbench.validate import fail
 
 CONF_TABLES = Path(__file__).resolve().parents[2] / "conf" / "table"
@@ -48,6 +51,10 @@ def _parser() -> _Parser:
     parser.add_argument("--claims", action="store_true",
                         help=f"judge every table spec's claims on qbench's published records into "
                              f"{CLAIMS_DIR}/{CLAIMS_PAGE} (or --out-dir)")
+    parser.add_argument("--results-page", action="store_true",
+                        help=f"write {CLAIMS_DIR}/{RESULTS_PAGE} (or --out-dir) from qbench's published records: "
+                             f"every table spec and committed variant in {PUBLISHED_TABLES}, its runs, plot and "
+                             "claims' verdicts")
     parser.add_argument("--records-dir", help=f"your records (default {YOUR_RECORDS}); not with --published")
     parser.add_argument("--published-dir", default=PUBLISHED_RECORDS,
                         help=f"qbench's published records (default {PUBLISHED_RECORDS})")
@@ -89,7 +96,7 @@ def _write_table(name: str, narrowed: dict, args: argparse.Namespace, out: Path)
         yours_dir = args.records_dir or YOUR_RECORDS
         text, frame = render_compared(spec, Runs("yours", "your", _read(yours_dir), yours_dir),
                                       Runs("qbench", "qbench's", _read(args.published_dir), args.published_dir))
-    stem = name + "".join(f"--{value}" for value in narrowed.values())
+    stem = table_stem(spec)
     (out / f"{stem}.md").write_text(text)
     frame.to_csv(out / f"{stem}.csv", index=False)
     write_png(plot_table(spec, frame), out / f"{stem}.png")
@@ -117,19 +124,31 @@ def _write_claims(args: argparse.Namespace) -> None:
     print(f"-> {out / CLAIMS_PAGE}")
 
 
+def _write_results_page(args: argparse.Namespace) -> None:
+    """Every table spec and committed recipe variant with its runs, plot and claims' verdicts, into
+    ``README.md`` beside ``claims.md``."""
+    out = Path(args.out_dir or CLAIMS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    page = results_page(CONF_TABLES, Path(PUBLISHED_TABLES), _read(args.published_dir), args.published_dir)
+    (out / RESULTS_PAGE).write_text(page)
+    print(f"-> {out / RESULTS_PAGE}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if not args.name and not args.all and not args.claims:
-        parser.error("give a table name, --all or --claims")
+    if not (args.name or args.all or args.claims or args.results_page):
+        parser.error("give a table name, --all, --claims or --results-page")
     if args.published and args.records_dir:
         parser.error("--published reads qbench's published records only; give --published-dir, not --records-dir")
     if args.format == "latex" and not args.name:
         parser.error("--format latex writes a table's .tex: give a table name")
     narrowed = _narrowed(parser, args.select)
-    if not Path(args.published_dir).is_dir() and (args.name or args.published or args.claims):
+    if not Path(args.published_dir).is_dir() and (args.name or args.published or args.claims or args.results_page):
         parser.error(f"no published records folder {args.published_dir} "
                      "(run from the repository root or give --published-dir)")
+    if args.results_page and not Path(PUBLISHED_TABLES).is_dir():
+        parser.error(f"--results-page reads the committed tables in {PUBLISHED_TABLES}: run from the repository root")
     out = Path(args.out_dir or (PUBLISHED_TABLES if args.published else YOUR_TABLES))
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -139,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             _write_table(args.name, narrowed, args, out)
         if args.claims:
             _write_claims(args)
+        if args.results_page:
+            _write_results_page(args)
     except ValueError as exc:
         fail(str(exc), parser.prog)
     return 0

@@ -31,14 +31,20 @@ from qbench.report.verdicts import claims_section
 
 MISSING = "—"
 PUBLISHED_RECORDS = "results/published"  # qbench's own records, read-only: the committed tables
+PUBLISHED_SWEEP_FLAGS = f" paths.records_dir={PUBLISHED_RECORDS}"
+PUBLISHED_TABLE_FLAGS = " --published"
 
 
 @dataclass
 class Cell:
+    """One row × column: its finished runs' top-1, FP top-1 and records, and every run's status and
+    record (``runs``: finished, diverged or failed)."""
+
     values: list[float] = field(default_factory=list)
     fp: list[float] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
 
 
 def narrow_spec(spec: dict, narrowed: dict) -> dict:
@@ -47,6 +53,11 @@ def narrow_spec(spec: dict, narrowed: dict) -> dict:
     if not narrowed:
         return spec
     return {**spec, "select": {**spec.get("select", {}), **narrowed}, "narrowed": dict(narrowed)}
+
+
+def table_stem(spec: dict) -> str:
+    """The file name of the spec's table without suffix: ``NAME``, ``NAME--VALUE`` per narrowed value."""
+    return spec["name"] + "".join(f"--{value}" for value in (spec.get("narrowed") or {}).values())
 
 
 def load_spec(name: str, table_dir: Path) -> dict:
@@ -96,6 +107,7 @@ def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
         cell = Cell()
         for r in runs:
             cell.statuses.append(r["status"])
+            cell.runs.append(r)
             if r["status"] == "ok":
                 cell.values.append(r["metrics"]["top1"])
                 cell.fp.append(r["fp"]["top1"])
@@ -211,15 +223,26 @@ def _caption(spec: dict, sources: list[Runs], cells: list[dict[tuple[str, str], 
     return caption + [""]
 
 
+def commands(spec: dict, sweep_flags: str, table_flags: str) -> tuple[str, str]:
+    """The sweep (the spec's ``command``) and the ``qbench-table`` command that make the spec's
+    table, each with the spec's narrowed values and the given flags."""
+    narrowed = spec.get("narrowed") or {}
+    sweep_args = "".join(f" {k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in narrowed.items())
+    table_args = "".join(f" --select {k}={v}" for k, v in narrowed.items())
+    return f"{spec['command']}{sweep_args}{sweep_flags}", f"qbench-table {spec['name']}{table_flags}{table_args}"
+
+
+def published_commands(spec: dict) -> tuple[str, str]:
+    """:func:`commands` of the committed table: the sweep into, and the render from, ``results/published``."""
+    return commands(spec, PUBLISHED_SWEEP_FLAGS, PUBLISHED_TABLE_FLAGS)
+
+
 def _made_by(spec: dict, sweep_flags: str, table_flags: str) -> list[str]:
     """The footer: the sweep and the ``qbench-table`` command that make this file."""
     if not spec.get("command"):
         return []
-    narrowed = spec.get("narrowed") or {}
-    sweep_args = "".join(f" {k.split('.')[0] if k.endswith('.name') else k}={v}" for k, v in narrowed.items())
-    table_args = "".join(f" --select {k}={v}" for k, v in narrowed.items())
-    return ["", f"Made by: `{spec['command']}{sweep_args}{sweep_flags}` then "
-                f"`qbench-table {spec['name']}{table_flags}{table_args}`."]
+    sweep, table = commands(spec, sweep_flags, table_flags)
+    return ["", f"Made by: `{sweep}` then `{table}`."]
 
 
 @dataclass(frozen=True)
@@ -309,8 +332,7 @@ def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
     """qbench's published table: markdown text and a long-format frame (one line per row ×
     column) of ``records`` (``ours``) beside the paper. Its footer names the commands that
     regenerate the committed file from ``results/published``."""
-    made_by = _made_by(spec, f" paths.records_dir={PUBLISHED_RECORDS}", " --published")
-    return _render(spec, [Runs("ours", "our", records)], made_by)
+    return _render(spec, [Runs("ours", "our", records)], _made_by(spec, PUBLISHED_SWEEP_FLAGS, PUBLISHED_TABLE_FLAGS))
 
 
 def render_compared(spec: dict, yours: Runs, published: Runs) -> tuple[str, pd.DataFrame]:
