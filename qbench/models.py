@@ -85,8 +85,9 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = 
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict saved with ``torch.save`` (optionally under a ``model`` key), strictly."""
+def read_state_dict(path: str | Path) -> dict:
+    """The state dict saved with ``torch.save`` at ``path`` (optionally under a ``model`` key);
+    a ``ValueError`` names the file when it is missing or not a state dict."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model.weights: file not found: {path}")
@@ -96,6 +97,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"model.weights: {path} is not a readable PyTorch state dict ({type(exc).__name__})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"model.weights: {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the state dict at ``path`` (:func:`read_state_dict`) into ``model``, strictly."""
+    state = read_state_dict(path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -135,9 +135,18 @@ def check_sweep(overrides: list[str], conf_dir: Path, multirun: bool = True) -> 
     before any of them runs; a bad cell is a :class:`ConfigError` that names it, so a typo in
     an experiment file stops the sweep with nothing written instead of skipping the cell."""
     cells = []
-    for cell_overrides in sweep_cells(overrides, conf_dir, multirun):
+    all_overrides = sweep_cells(overrides, conf_dir, multirun)
+    for cell_overrides in all_overrides:
         try:
             cells.append(prepare_cell(compose_cell(cell_overrides, conf_dir)))
         except ConfigError as exc:
-            raise ConfigError(f"{exc} (sweep cell: {' '.join(cell_overrides)})" if multirun else str(exc)) from None
+            if not multirun:
+                raise
+            raise ConfigError(f"{exc} (sweep cell: {' '.join(swept(cell_overrides, all_overrides))})") from None
     return cells
+
+
+def swept(cell_overrides: list[str], all_overrides: list[list[str]]) -> list[str]:
+    """The overrides of one cell that differ between the sweep's cells (all of them when none do)."""
+    varying = [o for o in cell_overrides if any(o not in other for other in all_overrides)]
+    return varying or cell_overrides

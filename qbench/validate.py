@@ -18,7 +18,7 @@ from typing import Annotated, Literal, NoReturn, Union
 
 from qbench.data import DATASETS
 from qbench.engine import OPTIMIZERS, SCHEDULES
-from qbench.models import MODELS
+from qbench.models import MODELS, read_state_dict
 
 BITS_RANGE = range(2, 9)
 
@@ -191,6 +191,11 @@ def validate(cfg: dict) -> None:
     weights = cfg["model"]["weights"]
     if weights and not Path(weights).is_file():
         raise ConfigError(f"model.weights={weights} is not a file; give a saved state dict")
+    if weights:
+        try:
+            read_state_dict(weights)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     device = cfg["runtime"]["device"]
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device={device!r} is not allowed; use auto, cpu or cuda")

@@ -2,7 +2,7 @@
 # Run every cell of the named tables (all of them by default), then render each table.
 # Finished cells are skipped and interrupted ones resume, so rerunning after a stop carries on.
 #   bash scripts/run_tables.sh                              # every experiment in conf/experiment
-#   bash scripts/run_tables.sh lsqplus_table2 apot_ablation -- runtime.threads=1
+#   bash scripts/run_tables.sh lsqplus_table2 apot_ablation -- recipe.cpu_threads=1
 #   bash scripts/run_tables.sh --publish lsqplus_table2     # developers: refresh the committed tables
 # Without --publish the sweeps write your own ledger (paths.records_dir, runs/records) and each
 # table shows your runs beside qbench's published ones and the paper's, in runs/tables.
@@ -11,7 +11,8 @@
 # committed `NAME--VALUE.md` is the table NAME selected at recipe.name=VALUE; results/claims.md
 # (every table's claims judged on the published records) and results/README.md (every table, its
 # plot and its verdicts) are written again.
-# Arguments after `--` go to every sweep (e.g. runtime.threads=1 to run two queues side by side).
+# Arguments after `--` go to every sweep (e.g. recipe.cpu_threads=1 to run two queues side by side:
+# a different thread count is a different experiment, with its own FP baseline).
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

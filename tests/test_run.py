@@ -112,7 +112,7 @@ def qbench(*args, tmp_path):
     (["method=apot", "method.weight_grad_outside=2"], "method.weight_grad_outside=2 is not allowed for method apot; use auto, 0 or 1"),
     (["quant.skip_layers=[layer9.conv]"], "quant.skip_layers names 'layer9.conv', which is not a conv/linear layer of resnet18"),
     (["-m", "method=lsqplus", "method.offset=learned,learnd"],
-     "method.offset='learnd' is not allowed for method lsqplus; use zero, learned, xmin or null (sweep cell: method=lsqplus method.offset=learnd)"),
+     "method.offset='learnd' is not allowed for method lsqplus; use zero, learned, xmin or null (sweep cell: method.offset=learnd)"),
     (["runtime.device=tpu"], "runtime.device='tpu' is not allowed; use auto, cpu or cuda"),
     (["retries=-1"], "retries=-1 is not allowed; use an integer ≥ 0"),
     (["seeds=0"], "seeds='0' is not allowed; use an integer ≥ 1"),

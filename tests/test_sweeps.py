@@ -104,7 +104,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(make_conf
 def test_the_checkpoint_describes_itself_and_rebuilds_the_model(make_config, tmp_path):
     from qbench.run import run
 
-    cfg = make_config("method=lsqplus", "method.act_signed=auto", "bits=3")
+    cfg = make_config("method=lsq", "method.act_signed=auto", "bits=3")  # signedness decided at calibration
     record = run(cfg)
     checkpoint = prepare_cell(cfg).checkpoint
     result = cli(f"checkpoint={checkpoint}", tmp_path=tmp_path, program="qbench-eval", tiny=False)
@@ -112,7 +112,7 @@ def test_the_checkpoint_describes_itself_and_rebuilds_the_model(make_config, tmp
     assert f"top-1 {record['metrics']['top1']:.2f}" in result.stdout
     model, meta = rebuild(checkpoint)
     assert meta["config"] == record["config"] and meta["versions"]["torch"].startswith("2.14.1")
-    assert {name: p[:2] for name, p in meta["plan"].items()} == record["layer_precision"]
+    assert {name: [p["weight_bits"], p["input_bits"]] for name, p in meta["plan"].items()} == record["layer_precision"]
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "extra.pt")

@@ -74,7 +74,7 @@ def test_seeds_group_whatever_the_settings_outside_the_run_identity():
                  "dataset": {"name": "fashion_mnist", "root": None, "workers": 2}, **settings}
         return record(4, top1, seed=seed, extra=extra)
     plain = seeded(0, 89.0, retries=0, dry_run=False, force=False)
-    launched = seeded(1, 88.0, retries=2, dry_run=True, force=True, runtime={"threads": 1},
+    launched = seeded(1, 88.0, retries=2, dry_run=True, force=True, runtime={"log_every": 7},
                       paths={"records_dir": "elsewhere"},
                       dataset={"name": "fashion_mnist", "root": "/data", "workers": 8})
     text, _ = render(SPEC, [plain, launched])
