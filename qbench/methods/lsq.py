@@ -44,4 +44,5 @@ class LSQ(Method):
     def input_quantizer(self, layer: LayerPrecision) -> LearnedStepQuantizer:
         c = self.config
         return LearnedStepQuantizer(layer.input_bits, signed=input_signedness(layer, c.act_signed),
-                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel)
+                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
+                                    batch_split=True)

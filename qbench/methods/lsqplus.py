@@ -91,7 +91,7 @@ class LSQPlus(Method):
         signed_data = bool(layer.input_signed)
         return LearnedStepQuantizer(layer.input_bits, signed=signed_data or c.act_signed,
                                     offset="zero" if signed_data else c.offset, init=INITS[c.init][1],
-                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
+                                    grad_scale=c.grad_scale, per_example_numel=c.per_example_numel, batch_split=True,
                                     mse_steps=c.mse_steps, mse_grid=c.mse_grid)
 
     def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:

@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from qbench.distributed import current_world
 from qbench.quant.base import Quantizer
 from qbench.quant.grid import STEP_MIN, integer_range
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
@@ -229,6 +230,9 @@ class LearnedStepQuantizer(Quantizer):
         per_example_numel: N counts the elements of one example (batch dimension excluded)
             instead of the whole tensor. Public LSQ code uses the whole tensor (the default);
             the paper's "number of features" can be read either way.
+        batch_split: the input is a batch that data-parallel ranks split (a layer input, not a
+            weight): N counts the whole global batch — the rank's slice times the world size —
+            so the scale under torchrun is the single process's (DDP averages the ranks' gradients).
 
     The step is kept positive by construction: the forward uses max(s, 1e-8), and the gradient
     still reaches s when it is clamped, so a step pushed below the floor can recover.
@@ -238,7 +242,7 @@ class LearnedStepQuantizer(Quantizer):
 
     def __init__(self, bits: int, signed: bool | None, offset: Offset = "zero", init: StepInit = "lsq",
                  grad_scale: bool = True, per_example_numel: bool = False, sigma_of_abs: bool = True,
-                 mse_steps: int = 200, mse_grid: int = 32) -> None:
+                 mse_steps: int = 200, mse_grid: int = 32, batch_split: bool = False) -> None:
         super().__init__(bits)
         assert init in get_args(StepInit) and offset in get_args(Offset), (init, offset)
         self.signed = signed
@@ -246,6 +250,7 @@ class LearnedStepQuantizer(Quantizer):
         self.init = init
         self.use_grad_scale = grad_scale
         self.per_example_numel = per_example_numel
+        self.ranks = current_world().size if batch_split else 1  # ranks sharing each batch
         self.sigma_of_abs = sigma_of_abs
         self.mse_steps, self.mse_grid = mse_steps, mse_grid
         self.step = nn.Parameter(torch.tensor(1.0))
@@ -294,7 +299,7 @@ class LearnedStepQuantizer(Quantizer):
     def grad_scale(self, v: torch.Tensor) -> float:
         if not self.use_grad_scale:
             return 1.0
-        numel = v.numel() // v.shape[0] if self.per_example_numel and v.dim() > 1 else v.numel()
+        numel = v.numel() // v.shape[0] if self.per_example_numel and v.dim() > 1 else v.numel() * self.ranks
         return 1.0 / math.sqrt(numel * self.qrange[1])
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
