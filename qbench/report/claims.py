@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, replace
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 COMPARATORS = (">=", "<=", ">", "<")
 KEYWORDS = ("FP", "abs", "spread", "field", "all", "and")
