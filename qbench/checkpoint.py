@@ -106,5 +106,6 @@ def checkpoint_plan(path: Path, meta: dict) -> dict[str, LayerPrecision]:
     """The precision plan stored in ``meta``; raises :class:`CheckpointError` for a file whose
     meta is missing or of another format."""
     if meta.get("format") != FORMAT:
-        raise CheckpointError(path, "carries no description of its run in this format (written by another qbench version)")
+        raise CheckpointError(path, "carries no description of its run in this format "
+                                    "(written by another qbench version)")
     return {name: LayerPrecision(**p) for name, p in meta["plan"].items()}

@@ -56,7 +56,8 @@ class Bound:
 PositiveInt = Annotated[int, Bound(1)]
 Count = Annotated[int, Bound(0)]
 PositiveFloat = Annotated[float, Bound(0, strict=True)]
-ActSigned = Union[bool, Literal["auto"]]  # the grid of activation outputs; auto: signed where calibration sees negatives
+# The grid of activation outputs; auto: signed where the calibration inputs go negative.
+ActSigned = Union[bool, Literal["auto"]]
 
 
 def _conforms(value: object, hint: object) -> bool:

@@ -16,8 +16,9 @@ fine-tuned by the shared trainer.
   unit by unit (:mod:`qbench.quant.reconstruct`) while the width σ anneals, then hard-quantizes.
 
 ``mixed_precision=true`` (either method) replaces the run's weight bits of the body layers
-(the plan's role ``body``; the first and last layers keep their policy) by per-layer bits from the lossy coding length of each layer's weights
-(:mod:`qbench.quant.mixed_precision`), with ``wbits`` as the parameter-weighted average budget.
+(the plan's role ``body``; the first and last layers keep their policy) by per-layer bits from
+the lossy coding length of each layer's weights (:mod:`qbench.quant.mixed_precision`), with
+``wbits`` as the parameter-weighted average budget.
 The record then holds the chosen bits (``weight_bits_per_layer``, ``layer_precision``).
 
 What the paper leaves open (papers.md §5.2) is chosen here, each a field of
