@@ -15,7 +15,7 @@ from qbench.methods.registry import RunFacts
 from qbench.models import MODELS, create_model
 from qbench.phases import prepare
 from qbench.quant.calibrate import input_quantizers, quantized_layers, weight_quantizers
-from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+from qbench.quant.convert import EdgeLayerPolicy, LayerPrecision, plan_precision
 from qbench.quant.faq import FixedPointFakeQuant, FixedPointQuantizer, fixed_point_step, percentile
 from qbench.quant.grid import integer_range
 from qbench.quant.observer import Observation
@@ -226,5 +226,20 @@ def test_a_w4a4_run_records_the_weight_cosine(make_config):
     assert sorted(record["weight_cosine"]) == sorted(record["layer_precision"])
     assert 0.5 < record["weight_cosine_mean"] <= 1.0
     assert record["calib_batches_used"] == 1
-    steps = [s for pair in record["fixed_point_steps"].values() for s in pair]
-    assert all(math.log2(s) == round(math.log2(s)) for s in steps)
+    input_steps = [pair[1] for pair in record["fixed_point_steps"].values()]
+    assert all(math.log2(s) == round(math.log2(s)) for s in input_steps)  # activations: fixed point
+
+
+def test_weights_are_clipped_at_the_asked_multiple_of_sigma_by_default():
+    """The source clips weights at c·σ and bins them evenly: the default grid spans exactly
+    2.5σ at 4 bits, where a power-of-two range would land anywhere in [2.5σ, 5σ)."""
+    w = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    method = create_method({"name": "faq"})
+    q = method.weight_quantizer(LayerPrecision(4, 4))
+    q.initialize(Observation.of(w))
+    sigma = w.std(correction=0).item()
+    assert q.step.item() * 2 ** 3 == pytest.approx(2.5 * sigma, rel=1e-5)
+    pot = create_method({"name": "faq", "weight_power_of_two": True}).weight_quantizer(LayerPrecision(4, 4))
+    pot.initialize(Observation.of(w))
+    assert 2.5 * sigma < pot.step.item() * 2 ** 3 < 5 * sigma
+    assert (q(w) - w).square().mean() < (pot(w) - w).square().mean()

@@ -18,10 +18,12 @@ Biases stay in float (the paper keeps the last layer's output in 32-bit fixed po
 Choices the paper leaves open, all fields of ``conf/method/faq.yaml``:
 - ``*_8bit`` values serve tensors of more than 4 bits, ``*_4bit`` values 4 bits or fewer (the
   paper gives the 8- and 4-bit settings only).
-- ``weight_clip_std_8bit`` / ``weight_clip_std_4bit``: the multiple of σ (not found; ours 5
-  and 2.5: rounded up to a power of two the range lands between c·σ and 2c·σ).
-- ``weight_power_of_two``: weights on the same fixed-point grid as activations (true), or
-  evenly binned in [−cσ, cσ) (false).
+- ``weight_clip_std_8bit`` / ``weight_clip_std_4bit``: the multiple c of σ (not found; ours 5
+  and 2.5).
+- ``weight_power_of_two``: false (the default, as the source says: weights clipped at c·σ, then
+  evenly binned in [−cσ, cσ)), or true: the range rounded up to a power of two, the
+  activations' fixed-point grid, which lands the clip anywhere in [c, 2c)·σ (2.5σ became 4.99σ
+  on a Gaussian, a 2.6× larger 4-bit error). Runs before 2026-11-30 used true.
 - ``weight_range``: ``fixed`` at calibration, or ``tracked`` (from the current weights every step).
 - ``act_statistic``: ``percentile`` (paper) or ``max``; ``act_signed`` the grid of activation
   outputs (false: the paper's post-ReLU inputs; signed data inputs are always signed).
@@ -72,7 +74,7 @@ class FAQ(Method):
         act_signed: ActSigned = False
         weight_clip_std_8bit: PositiveFloat = 5.0
         weight_clip_std_4bit: PositiveFloat = 2.5
-        weight_power_of_two: bool = True
+        weight_power_of_two: bool = False
         weight_range: Literal["fixed", "tracked"] = "fixed"
         ste: STE = "clipped"
         calib_batches: PositiveInt = 5
