@@ -1,5 +1,6 @@
-"""Table rendering from records: layout, missing cells, seeds, Δ to FP, ambiguous cells; your
-runs beside qbench's published ones; the qbench-table command line."""
+"""Table rendering from records: layout, missing cells, seeds, Δ to FP, ambiguous cells, cells on
+another FP baseline of their model; your runs beside qbench's published ones; the qbench-table
+command line."""
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,14 @@ SPEC = {
 }
 
 
-def record(bits, top1, seed=0, status="ok", method="lsq", fp=90.0, extra=None):
-    config = {"model": {"name": "resnet18"}, "method": {"name": method}, "wbits": bits, "abits": bits,
+def record(bits, top1, seed=0, status="ok", method="lsq", fp=90.0, extra=None, weights=None, model="resnet18"):
+    """A run record; ``weights`` is its FP baseline's weights hash (none: the FP top-1 identifies it)."""
+    config = {"model": {"name": model}, "method": {"name": method}, "wbits": bits, "abits": bits,
               "seed": seed, "quant": {"first_layer": {"quantize": True, "weight_bits": 8, "input_bits": 8},
                                       "last_layer": {"quantize": True, "weight_bits": 8, "input_bits": None}},
               **(extra or {})}
     return {"status": status, "config": config, "metrics": {"top1": top1} if status == "ok" else None,
-            "fp": {"top1": fp}}
+            "fp": {"top1": fp, **({"weights_sha256": weights, "baseline_key": "k" * 12} if weights else {})}}
 
 
 def test_cells_means_and_deltas():
@@ -87,6 +89,67 @@ def test_a_cell_mixing_different_runs_is_an_error():
     records = [record(4, 89.0, extra={"recipe": {"name": "a"}}), record(4, 88.0, extra={"recipe": {"name": "b"}})]
     with pytest.raises(ValueError, match="differ in recipe.name"):
         render(SPEC, records)
+
+
+MIXED = "FP baselines"
+HASH_A, HASH_B = "a" * 64, "b" * 64
+
+
+def test_a_cell_on_the_less_common_baseline_of_its_model_is_flagged():
+    records = [record(2, 60.0, seed=0, fp=90.0, weights=HASH_A), record(2, 61.0, seed=1, fp=90.0, weights=HASH_A),
+               record(4, 85.0, fp=88.0, weights=HASH_B)]
+    text, frame = render(SPEC, records)
+    assert ("In this table our resnet18 runs use 2 FP baselines: `aaaaaaaa` (FP top-1 90.00, 2 runs) in unmarked "
+            "cells and `bbbbbbbb` (FP top-1 88.00, 1 run) in cells marked †.") in text
+    assert "| LSQ | 60.50 ± 0.71 (-29.50) | 85.00 (-3.00) † |" in text
+    assert list(frame.ours_baselines.fillna("")) == ["aaaaaaaa", "bbbbbbbb", "", ""]
+    assert list(frame.columns[:2]) == ["row", "column"] and frame.columns[-1] == "ours_baselines"
+
+
+def test_one_baseline_per_model_flags_nothing():
+    records = [record(2, 60.0, weights=HASH_A), record(4, 85.0, seed=0, weights=HASH_A),
+               record(4, 86.0, seed=1, weights=HASH_A)]
+    text, frame = render(SPEC, records)
+    assert MIXED not in text and "†" not in text
+    assert "| LSQ | 60.00 (-30.00) | 85.50 ± 0.71 (-4.50) |" in text
+    assert list(frame.ours_baselines[:2]) == ["aaaaaaaa", "aaaaaaaa"]
+
+
+def test_two_models_with_one_baseline_each_flag_nothing():
+    spec = {**SPEC, "select": {}, "rows": [{"label": "R18", "select": {"model.name": "resnet18"}},
+                                           {"label": "MV2", "select": {"model.name": "mobilenet_v2"}}]}
+    records = [record(4, 85.0, fp=90.0, weights=HASH_A), record(4, 80.0, fp=88.0, weights=HASH_B, model="mobilenet_v2")]
+    text, frame = render(spec, records)
+    assert MIXED not in text and "†" not in text
+    assert "our FP top-1: 88.00, 90.00;" in text and "| MV2 | — | 80.00 (-8.00) |" in text
+    assert list(frame.ours_baselines.fillna("")) == ["", "aaaaaaaa", "", "bbbbbbbb"]
+
+
+def test_a_cell_whose_seeds_span_two_baselines_is_flagged():
+    records = [record(4, 85.0, seed=0, fp=90.0, weights=HASH_A), record(4, 86.0, seed=1, fp=88.0, weights=HASH_B),
+               record(2, 60.0, fp=90.0, weights=HASH_A)]
+    text, frame = render(SPEC, records)
+    assert "`bbbbbbbb` (FP top-1 88.00, 1 run) in cells marked †." in text
+    assert "| LSQ | 60.00 (-30.00) | 85.50 ± 0.71 (-3.50) † |" in text
+    assert list(frame.ours_baselines[:2]) == ["aaaaaaaa", "aaaaaaaa,bbbbbbbb"]
+
+
+def test_records_without_a_hash_are_told_apart_by_their_fp_top1():
+    text, frame = render(SPEC, [record(2, 60.0, fp=90.0), record(2, 61.0, seed=1, fp=90.0), record(4, 85.0, fp=88.0)])
+    assert "`top1=88.00` (FP top-1 88.00, 1 run) in cells marked †." in text
+    assert list(frame.ours_baselines[:2]) == ["top1=90.00", "top1=88.00"]
+
+
+def test_each_set_of_runs_is_judged_on_its_own_baselines_with_distinct_markers():
+    yours = Runs("yours", "your", [record(2, 60.0, fp=90.0, weights=HASH_A), record(2, 61.0, seed=1, weights=HASH_A),
+                                   record(4, 85.0, fp=88.0, weights=HASH_B)])
+    qbench = Runs("qbench", "qbench's", [record(2, 62.0, fp=88.0, weights=HASH_B),
+                                         record(4, 86.0, seed=0, weights=HASH_A),
+                                         record(4, 87.0, seed=1, weights=HASH_A)])
+    text, _ = render_compared(SPEC, yours, qbench)
+    assert "In this table your resnet18 runs use 2 FP baselines" in text
+    assert "In this table qbench's resnet18 runs use 2 FP baselines" in text
+    assert "| LSQ | 60.50 ± 0.71 (-29.50) | 85.00 (-3.00) † | 62.00 (-26.00) ‡ | 86.50 ± 0.71 (-3.50) |" in text
 
 
 def test_cli_writes_markdown_and_csv_and_skips_a_corrupt_record(tmp_path, capsys):
@@ -157,7 +220,8 @@ def test_compared_extra_columns_come_per_set_of_runs():
     text, frame = render_compared(spec, Runs("yours", "your", [mine]), Runs("qbench", "qbench's", [theirs]))
     assert "| W2A2 cos yours | W4A4 cos yours | W2A2 cos qbench | W4A4 cos qbench |" in text
     assert "| — | 0.500 | — | 0.900 |" in text
-    assert list(frame.columns[-2:]) == ["yours_weight_cosine_mean", "qbench_weight_cosine_mean"]
+    assert list(frame.columns[-4:]) == ["yours_weight_cosine_mean", "qbench_weight_cosine_mean",
+                                        "yours_baselines", "qbench_baselines"]
 
 
 def test_an_ambiguous_cell_names_the_folder_of_its_runs():

@@ -8,6 +8,9 @@ Every cell shows our top-1 — the mean ± spread over seeds where several exist
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
 the cell's runs (e.g. ``weight_cosine_mean``). A cell without a record shows ``—``, never 0.
+Where one model's runs in a set use several FP baselines (:class:`Baseline`), the caption says so
+and each cell that used a less common one is marked (``†``, ``‡``, …); the CSV names every cell's
+baselines (``<set>_baselines``).
 ``claims`` (the paper's claims as checks, :mod:`qbench.report.claims`) are judged on the same
 cells and listed under the table (:mod:`qbench.report.verdicts`); a row's ``paper_spread`` is the
 paper's spread over seeds per column, where it gives one.
@@ -18,6 +21,7 @@ holds; :func:`render_compared` puts your runs (``yours``) beside qbench's (``qbe
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +37,8 @@ MISSING = "—"
 PUBLISHED_RECORDS = "results/published"  # qbench's own records, read-only: the committed tables
 PUBLISHED_SWEEP_FLAGS = f" paths.records_dir={PUBLISHED_RECORDS}"
 PUBLISHED_TABLE_FLAGS = " --published"
+SHORT_HASH = 8  # characters of a baseline's hash shown in captions and the CSV
+MARKERS = "†‡§¶‖"  # marks of the less common baselines, doubled past the fifth
 
 
 @dataclass
@@ -149,6 +155,90 @@ def _edge_caption(records: list[dict]) -> str:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """The FP baseline a run's Δ is measured against, identified by its weights' hash, else its
+    baseline key, else (records without either) its FP top-1; ``short`` names it in captions and
+    the CSV. Two baselines are equal when their identities are."""
+
+    identity: str
+    short: str = field(compare=False)
+    top1: float = field(compare=False)
+
+
+def baseline_of(record: dict) -> Baseline:
+    """The FP baseline of one finished run (see :class:`Baseline`)."""
+    fp = record["fp"]
+    for key in ("weights_sha256", "baseline_key"):
+        if fp.get(key):
+            return Baseline(f"{key}:{fp[key]}", str(fp[key])[:SHORT_HASH], fp["top1"])
+    return Baseline(f"top1:{fp['top1']}", f"top1={fp['top1']:.2f}", fp["top1"])
+
+
+def _model(record: dict) -> str:
+    return str(record["config"].get("model", {}).get("name"))
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """One model whose runs in one set use several FP baselines: each with its number of runs, the
+    most common first, and the marker of every other one."""
+
+    model: str
+    counts: list[tuple[Baseline, int]]
+    markers: dict[Baseline, str]
+
+
+def _marker(index: int) -> str:
+    return MARKERS[index % len(MARKERS)] * (index // len(MARKERS) + 1)
+
+
+def _mixed(cells: dict[tuple[str, str], Cell], first_marker: int) -> list[Mixed]:
+    """The models whose finished runs in ``cells`` use several baselines; the less common baselines
+    get markers from the ``first_marker``-th on, in the table's order (ties: the first seen is the
+    more common)."""
+    per_model: dict[str, Counter[Baseline]] = {}
+    for r in _used(cells):
+        per_model.setdefault(_model(r), Counter())[baseline_of(r)] += 1
+    mixed = []
+    for model, counter in per_model.items():
+        if len(counter) > 1:
+            counts = counter.most_common()
+            markers = {b: _marker(first_marker + i) for i, (b, _) in enumerate(counts[1:])}
+            first_marker += len(markers)
+            mixed.append(Mixed(model, counts, markers))
+    return mixed
+
+
+def _mixes(cells: list[dict[tuple[str, str], Cell]]) -> list[list[Mixed]]:
+    """:func:`_mixed` of each set of runs, every marker distinct across the table."""
+    mixes: list[list[Mixed]] = []
+    for c in cells:
+        mixes.append(_mixed(c, sum(len(m.markers) for ms in mixes for m in ms)))
+    return mixes
+
+
+def _cell_marker(cell: Cell | None, mixed: list[Mixed]) -> str:
+    """The markers of the less common baselines the cell's finished runs used; empty if none."""
+    used = {(_model(r), baseline_of(r)) for r in cell.records} if cell is not None else set()
+    return "".join(marker for m in mixed for b, marker in m.markers.items() if (m.model, b) in used)
+
+
+def _n_runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _mix_sentence(owner: str, mixed: Mixed) -> str:
+    """The caption's sentence on one model whose runs use several baselines: each with its FP top-1,
+    its number of runs and the cells that used it (unmarked: the most common only)."""
+    (common, n_common), *others = mixed.counts
+    parts = [f"`{common.short}` (FP top-1 {common.top1:.2f}, {_n_runs(n_common)}) in unmarked cells"]
+    parts += [f"`{b.short}` (FP top-1 {b.top1:.2f}, {_n_runs(n)}) in cells marked {mixed.markers[b]}"
+              for b, n in others]
+    return (f"In this table {owner} {mixed.model} runs use {len(parts)} FP baselines: "
+            f"{', '.join(parts[:-1])} and {parts[-1]}.")
+
+
+@dataclass(frozen=True)
 class Runs:
     """One set of runs shown in a table: its column label (``ours``, ``yours``, ``qbench``), the
     possessive the caption uses for it, its records and, where the caption says it, their folder."""
@@ -168,11 +258,13 @@ class Shown:
     spread: float | None = None
     seeds: int = 0
     delta: float | None = None
+    baselines: str | None = None
 
 
-def _shown(cell: Cell | None, spread_kind: str) -> Shown:
-    """The cell's mean ± spread over seeds and its Δ to the runs' FP; ``diverged`` when every run
-    diverged; ``—`` without a finished run."""
+def _shown(cell: Cell | None, spread_kind: str, marker: str) -> Shown:
+    """The cell's mean ± spread over seeds and its Δ to the runs' FP, then ``marker`` (its less
+    common baselines) unless empty; ``diverged`` when every run diverged; ``—`` without a finished
+    run. ``baselines``: the short names of the finished runs' baselines, comma-separated."""
     if cell is None or not cell.values:
         diverged = cell is not None and "diverged" in cell.statuses
         return Shown("diverged" if diverged else MISSING)
@@ -180,7 +272,9 @@ def _shown(cell: Cell | None, spread_kind: str) -> Shown:
     mean = statistics.fmean(cell.values)
     spread = seed_spread(cell.values, spread_kind) if n > 1 else None
     delta = mean - statistics.fmean(cell.fp)
-    return Shown(_fmt(mean, delta, spread), mean, spread, n, delta)
+    text = _fmt(mean, delta, spread) + (f" {marker}" if marker else "")
+    baselines = ",".join(dict.fromkeys(baseline_of(r).short for r in cell.records))
+    return Shown(text, mean, spread, n, delta, baselines)
 
 
 def _fp_text(cells: dict[tuple[str, str], Cell]) -> str:
@@ -194,9 +288,11 @@ def _used(cells: dict[tuple[str, str], Cell]) -> list[dict]:
     return [r for cell in cells.values() for r in cell.records]
 
 
-def _caption(spec: dict, sources: list[Runs], cells: list[dict[tuple[str, str], Cell]]) -> list[str]:
-    """Title, data, every FP baseline (each set of runs' and the paper's), edge-layer precision,
-    the records folders where given, the spread used and the selection beyond the spec."""
+def _caption(spec: dict, sources: list[Runs], cells: list[dict[tuple[str, str], Cell]],
+             mixes: list[list[Mixed]]) -> list[str]:
+    """Title, data, every FP baseline (each set of runs' and the paper's), the models whose runs
+    mix baselines, edge-layer precision, the records folders where given, the spread used and the
+    selection beyond the spec."""
     paper_fp = spec.get("paper_fp")
     if paper_fp is None and any("paper_fp" in row for row in spec["rows"]):
         paper_fp = "per row"
@@ -207,10 +303,13 @@ def _caption(spec: dict, sources: list[Runs], cells: list[dict[tuple[str, str], 
     caption = [
         f"**{spec['title']}**",
         "",
-        f"Top-1 accuracy (%) on {spec.get('dataset_label', 'our data')}; {fp_parts}"
-        f"paper's FP top-1: {paper_fp if paper_fp is not None else MISSING} ({spec.get('paper', '')}).",
-        f"{edges} {spec.get('paper_edge_layers', '')}".rstrip(),
+        (f"Top-1 accuracy (%) on {spec.get('dataset_label', 'our data')}; {fp_parts}"
+         f"paper's FP top-1: {paper_fp if paper_fp is not None else MISSING} ({spec.get('paper', '')})."),
     ]
+    mixed = " ".join(_mix_sentence(runs.owner, m) for runs, ms in zip(sources, mixes) for m in ms)
+    if mixed:
+        caption.append(mixed)
+    caption.append(f"{edges} {spec.get('paper_edge_layers', '')}".rstrip())
     folders = [f"{runs.owner} runs from `{runs.read_from}`" for runs in sources if runs.read_from]
     if folders:
         caption.append(f"Records read: {', '.join(folders)}.")
@@ -256,12 +355,14 @@ class Entry:
     extras: list[list[float | None]]
 
 
-def _entry(spec: dict, row: dict, col: str, cells: list[dict[tuple[str, str], Cell]]) -> Entry:
+def _entry(spec: dict, row: dict, col: str, cells: list[dict[tuple[str, str], Cell]],
+           mixes: list[list[Mixed]]) -> Entry:
     run_cells = [c.get((row["label"], col)) for c in cells]
     extras = (spec.get("extra_columns") or {}).values()
     paper = (row.get("paper") or {}).get(col)
     paper_fp = row.get("paper_fp", spec.get("paper_fp"))
-    return Entry(shown=[_shown(cell, spec.get("spread", "std")) for cell in run_cells],
+    return Entry(shown=[_shown(cell, spec.get("spread", "std"), _cell_marker(cell, mixed))
+                        for cell, mixed in zip(run_cells, mixes)],
                  paper=paper, paper_delta=paper - paper_fp if paper is not None and paper_fp is not None else None,
                  extras=[[_extra_value(cell, e["field"]) for e in extras] for cell in run_cells])
 
@@ -289,7 +390,8 @@ def _markdown_line(spec: dict, row: dict, entries: dict[str, Entry], n_sources: 
 
 def _frame_line(spec: dict, row: dict, col: str, entry: Entry, sources: list[Runs]) -> dict:
     """One line of the CSV. With one set of runs the seed count and extra fields are unprefixed,
-    as in the published tables; with several each is prefixed by its set's label."""
+    as in the published tables; with several each is prefixed by its set's label. Last, each set's
+    baselines (``<label>_baselines``)."""
     several = len(sources) > 1
     line: dict = {"row": row["label"], "column": col}
     for runs, s in zip(sources, entry.shown):
@@ -299,6 +401,7 @@ def _frame_line(spec: dict, row: dict, col: str, entry: Entry, sources: list[Run
     for runs, values in zip(sources, entry.extras):
         for extra, value in zip((spec.get("extra_columns") or {}).values(), values):
             line[f"{runs.label}_{extra['field']}" if several else extra["field"]] = value
+    line.update({f"{runs.label}_baselines": s.baselines for runs, s in zip(sources, entry.shown)})
     return line
 
 
@@ -315,17 +418,19 @@ def _collect_runs(spec: dict, runs: Runs) -> dict[tuple[str, str], Cell]:
 def _render(spec: dict, sources: list[Runs], made_by: list[str]) -> tuple[str, pd.DataFrame]:
     """Markdown and long-format frame (one line per row × column) of ``spec``: one group of
     columns per set of runs, then the paper's, then the spec's extra columns; below the table, the
-    spec's claims with a verdict per set of runs (:mod:`qbench.report.verdicts`)."""
+    spec's claims with a verdict per set of runs (:mod:`qbench.report.verdicts`). Cells that used
+    a less common baseline of their model are marked and the caption says why."""
     cells = [_collect_runs(spec, runs) for runs in sources]
+    mixes = _mixes(cells)
     header = _header(spec, sources)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     frame = []
     for row in spec["rows"]:
-        entries = {col: _entry(spec, row, col, cells) for col in spec["columns"]}
+        entries = {col: _entry(spec, row, col, cells, mixes) for col in spec["columns"]}
         lines.append(_markdown_line(spec, row, entries, len(sources)))
         frame += [_frame_line(spec, row, col, entry, sources) for col, entry in entries.items()]
     claims = claims_section(spec, [(runs.label, c) for runs, c in zip(sources, cells)])
-    return "\n".join(_caption(spec, sources, cells) + lines + claims + made_by) + "\n", pd.DataFrame(frame)
+    return "\n".join(_caption(spec, sources, cells, mixes) + lines + claims + made_by) + "\n", pd.DataFrame(frame)
 
 
 def render(spec: dict, records: list[dict]) -> tuple[str, pd.DataFrame]:
