@@ -73,6 +73,13 @@ def quantizer_parameter_ids(model: nn.Module) -> set[int]:
     return {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters(recurse=False)}
 
 
+def weight_decay_for_bits(recipe: dict, wbits: int) -> float:
+    """The network's weight decay for ``wbits``-bit weights: the recipe's
+    ``weight_decay_by_wbits`` entry for those bits, else its ``weight_decay``."""
+    by_bits = {int(k): v for k, v in (recipe.get("weight_decay_by_wbits") or {}).items()}
+    return by_bits.get(wbits, recipe["weight_decay"])
+
+
 def build_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     """SGD or AdamW over two parameter groups: the network's parameters (``weight_decay``) and
     the quantizers' parameters — steps, offsets, clipping values — with their own

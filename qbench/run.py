@@ -15,8 +15,8 @@ from qbench.baseline import get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta
 from qbench.data import build_data
 from qbench.distributed import current_world, init_world, rank_device
-from qbench.engine import Diverged, TrainSettings, evaluate, train
-from qbench.methods import Method, RunFacts
+from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
+from qbench.methods import Method, RunFacts, create_method
 from qbench.provenance import git_state, versions
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
@@ -34,12 +34,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def qat_recipe(cfg: dict) -> dict:
-    """The fine-tuning recipe with the weight decay chosen for this run's weight bits."""
-    recipe = dict(cfg["recipe"]["qat"])
-    by_bits = recipe.pop("weight_decay_by_wbits", None) or {}
-    by_bits = {int(k): v for k, v in by_bits.items()}
-    if cfg["wbits"] in by_bits:
-        recipe["weight_decay"] = by_bits[cfg["wbits"]]
+    """The fine-tuning recipe of this run: the recipe's ``qat`` section as the method adjusts it
+    (:meth:`~qbench.methods.Method.adjust_recipe`, from its options and the weight bits), with
+    the weight decay chosen for the run's weight bits."""
+    method = create_method(cfg["method"])
+    recipe = method.adjust_recipe(dict(cfg["recipe"]["qat"]), cfg["wbits"])
+    recipe["weight_decay"] = weight_decay_for_bits(recipe, cfg["wbits"])
+    recipe.pop("weight_decay_by_wbits", None)
     return recipe
 
 

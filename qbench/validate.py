@@ -56,6 +56,7 @@ class Bound:
 PositiveInt = Annotated[int, Bound(1)]
 Count = Annotated[int, Bound(0)]
 PositiveFloat = Annotated[float, Bound(0, strict=True)]
+NonNegativeFloat = Annotated[float, Bound(0)]
 # The grid of activation outputs; auto: signed where the calibration inputs go negative.
 ActSigned = Union[bool, Literal["auto"]]
 

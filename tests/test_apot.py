@@ -3,7 +3,9 @@ import itertools
 
 import pytest
 import torch
+from torch import nn
 
+from qbench.engine import build_optimizer
 from qbench.methods import create_method
 from qbench.quant.apot import (
     APoTQuantizer,
@@ -14,7 +16,9 @@ from qbench.quant.apot import (
     apot_levels,
     project_to_levels,
 )
-from qbench.quant.convert import LayerPrecision
+from qbench.quant.convert import LayerPrecision, quantize_model
+from qbench.run import qat_recipe
+from qbench.validate import ConfigError
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6])
@@ -132,14 +136,56 @@ def test_fused_weight_normalisation_matches_autograd_through_the_normalisation(b
         torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
 
 
-def test_max_scaled_edge_quantizer():
-    q = MaxScaledQuantizer(8)
-    w = torch.randn(100, requires_grad=True)
-    out = q(w)
-    step = w.detach().abs().max() / 127
-    torch.testing.assert_close(out, torch.round(w.detach() / step) * step)
+@pytest.mark.parametrize("scale,expected", [
+    ("max", [-2.1, -0.3, 0.3, 0.9]),           # step max(w)/3 = 0.3: −2.0/0.3 rounds to −7, past −3
+    ("max_abs", [-2.0, -2 / 3, 2 / 3, 2 / 3]),  # step max|w|/3 = 2/3
+])
+def test_max_scaled_edge_quantizer_by_hand(scale, expected):
+    w = torch.tensor([-2.0, -0.4, 0.35, 0.9], requires_grad=True)
+    out = MaxScaledQuantizer(3, scale)(w)
+    torch.testing.assert_close(out, torch.tensor(expected))
     out.sum().backward()
-    torch.testing.assert_close(w.grad, torch.ones(100))
+    torch.testing.assert_close(w.grad, torch.ones(4))
+
+
+def test_edge_layers_use_the_configured_scale():
+    def edge(options):
+        return create_method({"name": "apot", **options}).weight_quantizer(LayerPrecision(8, None, role="first"))
+    assert edge({}).scale == "max"
+    assert edge({"edge_weight_scale": "max_abs"}).scale == "max_abs"
+
+
+def optimizer_groups(cfg: dict) -> dict[str, dict]:
+    """The param groups, by name, of a two-layer network quantized by the config's method and
+    optimised with the run's fine-tuning recipe."""
+    method = create_method(cfg["method"])
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    bits = cfg["wbits"]
+    quantize_model(model, {"2": LayerPrecision(bits, bits)}, method.weight_quantizer, method.input_quantizer)
+    return {g["name"]: g for g in build_optimizer(model, qat_recipe(cfg)).param_groups}
+
+
+@pytest.mark.parametrize("options,bits,network_wd,alpha_wd,alpha_lr_scale", [
+    ([], 2, 2e-5, 2e-5, 1.0),  # released logs: 2-bit wd 2e-5, α in the weights' group
+    ([], 3, 1e-4, 1e-4, 1.0),  # 3 bits: the base 1e-4 (LSQ's rule in the recipe: 5e-5)
+    (["method.alpha_weight_decay=1e-4", "method.alpha_lr_scale=0.1"], 2, 2e-5, 1e-4, 0.1),  # ICLR-era weight α
+    (["method.weight_decay_2bit=null"], 2, 2.5e-5, 2.5e-5, 1.0),  # the recipe's (LSQ's) rule
+])
+def test_official_optimisation_reaches_the_optimizer(make_config, options, bits, network_wd, alpha_wd,
+                                                     alpha_lr_scale):
+    groups = optimizer_groups(make_config("method=apot", f"bits={bits}", "recipe.qat.quantizer_weight_decay=0.5",
+                                          "recipe.qat.quantizer_lr_scale=3.0", *options))
+    assert groups["network"]["weight_decay"] == pytest.approx(network_wd)
+    assert len(groups["quantizers"]["params"]) == 2
+    assert groups["quantizers"]["weight_decay"] == pytest.approx(alpha_wd)
+    assert groups["quantizers"]["lr_scale"] == alpha_lr_scale
+
+
+@pytest.mark.parametrize("field,value", [("edge_weight_scale", "min"), ("weight_decay_2bit", -1e-5),
+                                         ("alpha_weight_decay", "1e-4"), ("alpha_lr_scale", 0.0)])
+def test_a_bad_optimisation_or_edge_option_is_one_config_error(field, value):
+    with pytest.raises(ConfigError, match=f"method.{field}=.* is not allowed for method apot"):
+        create_method({"name": "apot", field: value})
 
 
 def test_method_options():

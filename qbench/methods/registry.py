@@ -6,6 +6,12 @@ A method is a ``Config`` dataclass (its options, type-checked by
 fine-tune by the shared trainer (when registered with ``trains=True``) → ``finalize`` →
 evaluate → ``report`` → record. A method overrides only the hooks it needs and keeps no
 per-run state: what a hook needs of the run comes in its arguments.
+
+``adjust_recipe`` is how a method states how its official code optimises (weight decay by
+bits, its own parameters' learning rate and weight decay) without method code in the trainer:
+:func:`qbench.run.qat_recipe` applies it, in that one place, to the recipe's ``qat`` section
+before the weight decay is chosen for the run's weight bits. It depends only on the method's
+options and the weight bits, so every cell of a table follows one protocol.
 """
 from __future__ import annotations
 
@@ -85,6 +91,12 @@ class Method:
         """The plan to build from the policy's ``plan`` and the float ``model`` (e.g. mixed
         precision); the default keeps it."""
         return plan
+
+    def adjust_recipe(self, recipe: dict, wbits: int) -> dict:
+        """The fine-tuning recipe (the ``qat`` section, ``weight_decay_by_wbits`` not yet
+        applied) for ``wbits``-bit weights as this method's official code trains; returns a new
+        dict. The default keeps it."""
+        return recipe
 
     def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
         """Initialise the quantizers from the calibration ``batches``; ``train_mode``: observe

@@ -233,19 +233,34 @@ class APoTQuantizer(Quantizer):
         return f"bits={self.bits}, signed={self.signed}, levels={self.kind}, weight_norm={self.weight_norm}"
 
 
-class MaxScaledQuantizer(Quantizer):
-    """Symmetric uniform weight quantizer scaled by the current max |w|: ŵ = s·⌊w/s⌉ with
-    s = max|w|/(2^(b−1)−1), straight-through. The official APoT code quantizes the first and last
-    layers' weights this way (8 bits)."""
+EdgeScale = Literal["max", "max_abs"]
 
-    def __init__(self, bits: int) -> None:
+
+class MaxScaledQuantizer(Quantizer):
+    """Symmetric uniform weight quantizer scaled by the current weights: ŵ = s·⌊w/s⌉ with
+    s = m/(2^(b−1)−1), straight-through, no clipping. The official APoT code quantizes the
+    first and last layers' weights this way at 8 bits (``first_conv`` / ``last_fc``:
+    w / max · 127, rounded), with m = max(w), the largest weight, not the largest magnitude
+    (``scale="max"``); weights below −max(w) then round to integers beyond −127, as there.
+    ``scale="max_abs"``: m = max|w|, every weight within ±(2^(b−1)−1) steps (our earlier rule).
+    """
+
+    def __init__(self, bits: int, scale: EdgeScale = "max") -> None:
         super().__init__(bits)
+        if scale not in get_args(EdgeScale):
+            raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(get_args(EdgeScale))}")
+        self.scale = scale
         self.initialized = True  # the scale comes from the current weights at every call
 
     def initialize(self, obs: Observation) -> None:
         """Nothing to fit."""
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
-        step = v.detach().abs().max().clamp_min(1e-12) / (2 ** (self.bits - 1) - 1)
+        w = v.detach()
+        largest = w.max() if self.scale == "max" else w.abs().max()
+        step = largest.clamp_min(1e-12) / (2 ** (self.bits - 1) - 1)
         q = torch.round(v / step) * step
         return v + (q - v).detach()
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scale={self.scale}"
