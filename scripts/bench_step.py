@@ -1,30 +1,145 @@
-"""Time one training step of a quantized network against the float one, in one process.
+"""Time training steps of every model × QAT method against the float model, and their peak memory.
 
-    python scripts/bench_step.py                         # ResNet18, LSQ W4A4, batch 128, 28 px
-    python scripts/bench_step.py --methods lsq apot      # both against FP and against each other
-    python scripts/bench_step.py --model mobilenet_v2 --bits 2 --no-channels-last
+    python scripts/bench_step.py                                  # every model × QAT method, W4A4
+    python scripts/bench_step.py --models resnet18 --methods lsq apot
+    python scripts/bench_step.py --out results/bench.md           # also write the table page
 
-Every model sees the same batch; after warm-up, the FP and quantized steps alternate so that
-machine noise hits all alike; the medians and their ratios are printed.
+Time: per model, one process builds the FP model and one quantized copy per method; every model
+sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
+quantized steps alternate so that machine noise hits all alike; medians and ratios are reported.
+Memory: a fresh child process (``--memory-only``) per (model, method) and one per model for FP
+builds its one network, runs a few steps and reports its peak RSS (``VmHWM``), so networks do not share a heap.
+If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import platform
+import shlex
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from qbench.methods import create_method
-from qbench.models import create_model, model_spec
+from qbench.methods import METHODS, create_method
+from qbench.models import MODELS, ModelSpec, create_model, model_spec
 from qbench.phases import prepare
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.kernels import compile_kernels
 
+BREVITAS = "brevitas"
+FP = "fp"
 
-def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+
+@dataclass(frozen=True)
+class Row:
+    """One model × method: median step times (ms) and peak RSS of separate processes (MiB)."""
+
+    model: str
+    method: str
+    fp_ms: float
+    qat_ms: float
+    fp_mib: float
+    qat_mib: float
+
+
+def qat_methods() -> list[str]:
+    """The registered methods that the shared trainer fine-tunes."""
+    return [name for name, cls in METHODS.items() if cls.trains and cls.quantizes]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The sweep's options; ``--memory-only`` turns the process into one memory child."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=qat_methods())
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--chans", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--memory-steps", type=int, default=3, help="training steps before a child reads its peak RSS")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
+    parser.add_argument("--memory-only", metavar="METHOD",
+                        help="child mode: build only the first model with METHOD ('fp' for float), print peak RSS in MiB")
+    parser.add_argument("--out", type=Path, help="also write the table, with how it was made, to this Markdown file")
+    return parser.parse_args(argv)
+
+
+def memory_format(args: argparse.Namespace) -> torch.memory_format:
+    """channels_last unless ``--no-channels-last``."""
+    return torch.contiguous_format if args.no_channels_last else torch.channels_last
+
+
+def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one seeded batch every network sees."""
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, args.chans, args.size, args.size).contiguous(memory_format=memory_format(args))
+    return x, torch.randint(0, 10, (args.batch,))
+
+
+def quantized(fp: nn.Module, spec: ModelSpec, method_name: str, bits: int, x: torch.Tensor) -> nn.Module:
+    """A copy of ``fp`` quantized by ``method_name`` at ``bits`` (edge layers by the default
+    ``EdgeLayerPolicy``), its quantizers initialised on a slice of ``x``."""
+    if method_name == BREVITAS:
+        return brevitas_quantized(fp, spec, bits)
+    quant = copy.deepcopy(fp)
+    method = create_method({"name": method_name})
+    plan = plan_precision(quant, bits, bits, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
+    quant = prepare(quant, method.adjust_plan(quant, plan), method)
+    method.initialize(quant, [x[:32]], train_mode=False)
+    return quant
+
+
+def brevitas_quantized(fp: nn.Module, spec: ModelSpec, bits: int) -> nn.Module:
+    """A copy of ``fp`` whose plain conv/linear layers are Brevitas layers with learned-scale
+    (parameter from stats) ``bits``-bit weights and inputs, the edge layers at 8 bits."""
+    from brevitas import nn as qnn
+    from brevitas.inject.enum import ScalingImplType
+    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+
+    model = copy.deepcopy(fp)
+    for name, layer in list(model.named_modules()):
+        if type(layer) not in (nn.Conv2d, nn.Linear):
+            continue
+        b = 8 if name in (spec.first_layer, spec.last_layer) else bits
+        quant = {"weight_quant": Int8WeightPerTensorFloat, "weight_bit_width": b,
+                 "weight_scaling_impl_type": ScalingImplType.PARAMETER_FROM_STATS,
+                 "input_quant": Int8ActPerTensorFloat, "input_bit_width": b}
+        if isinstance(layer, nn.Conv2d):
+            new = qnn.QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
+                                  padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                  bias=layer.bias is not None, **quant)
+        else:
+            new = qnn.QuantLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, **quant)
+        new.load_state_dict(layer.state_dict(), strict=False)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
+    return model
+
+
+def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torch.Tensor) -> dict[str, nn.Module]:
+    """The FP model (when ``fp`` is in ``methods``) and one quantized copy per other method, in training mode."""
+    torch.manual_seed(0)
+    fp = create_model(model_name, 10, args.chans)
+    spec = model_spec(model_name)
+    models = {m: fp if m == FP else quantized(fp, spec, m, args.bits, x) for m in methods}
+    return {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
+
+
+def step_time(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds of one forward, backward and SGD step of ``model`` on ``(x, y)``."""
     start = time.perf_counter()
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
@@ -33,53 +148,117 @@ def step_time(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tenso
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--methods", nargs="+", default=["lsq"])
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--size", type=int, default=28)
-    parser.add_argument("--chans", type=int, default=1)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
-    args = parser.parse_args()
-    compile_kernels(not args.eager)
-    torch.manual_seed(0)
-    fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
-    x = torch.randn(args.batch, args.chans, args.size, args.size).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (args.batch,))
-    fp = create_model(args.model, 10, args.chans)
-    spec = model_spec(args.model)
-    models = {"fp": fp.to(memory_format=fmt).train()}
-    for name in args.methods:
-        quant = copy.deepcopy(fp)
-        plan = plan_precision(quant, args.bits, args.bits, spec.first_layer, spec.last_layer,
-                              EdgeLayerPolicy(), EdgeLayerPolicy())
-        method = create_method({"name": name})
-        quant = prepare(quant, plan, method)
-        method.initialize(quant, [x[:32]], train_mode=False)
-        models[name] = quant.to(memory_format=fmt).train()
+def alternate_steps(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                    warmup: int, repeats: int) -> dict[str, float]:
+    """Median step time (ms) per model after ``warmup`` rounds, the models stepping in turn each round."""
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
-    for i in range(args.warmup + args.repeats):
+    for i in range(warmup + repeats):
         for k, m in models.items():
             t = step_time(m, opts[k], x, y)
-            if i >= args.warmup:
+            if i >= warmup:
                 times[k].append(t)
-    ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"{args.model}, batch {args.batch}, {args.chans}x{args.size}x{args.size}, "
-          f"{'contiguous' if args.no_channels_last else 'channels_last'}, {torch.get_num_threads()} threads, "
-          f"quantizer kernels {'eager' if args.eager else 'compiled'}, median of {args.repeats}")
-    for name, value in ms.items():
-        label = "FP" if name == "fp" else f"{name} W{args.bits}A{args.bits}"
-        print(f"{label + ' training step:':32s}{value:8.1f} ms")
-    for i, name in enumerate(args.methods):
-        print(f"ratio {name} / FP: {ms[name] / ms['fp']:.2f}x")
-        for other in args.methods[:i]:
-            print(f"ratio {name} / {other}: {ms[name] / ms[other]:.2f}x")
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size since its exec (``VmHWM``): unlike
+    ``getrusage(...).ru_maxrss``, which Linux carries over from the forking parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
+
+
+def memory_only(args: argparse.Namespace) -> None:
+    """Child mode: build one network, take ``--memory-steps`` steps, print the peak RSS in MiB."""
+    x, y = batch(args)
+    models = build(args.models[0], [args.memory_only], args, x)
+    alternate_steps(models, x, y, 0, args.memory_steps)
+    print(f"{peak_rss_mib():.1f}")
+
+
+def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> float:
+    """Peak RSS (MiB) of a fresh process that builds and steps only ``model_name`` with ``method``."""
+    cmd = [sys.executable, __file__, "--memory-only", method, "--models", model_name,
+           "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
+           "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
+    cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.split()[-1])
+
+
+def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> list[Row]:
+    """Time FP and every method on ``model_name`` in this process, then each one's memory in its own child."""
+    x, y = batch(args)
+    ms = alternate_steps(build(model_name, [FP, *methods], args, x), x, y, args.warmup, args.repeats)
+    fp_mib = child_peak_mib(model_name, FP, args)
+    return [Row(model_name, m, ms[FP], ms[m], fp_mib, child_peak_mib(model_name, m, args)) for m in methods]
+
+
+def table(rows: list[Row], bits: int) -> str:
+    """The rows as a Markdown table: times, their ratio, peak RSS and its difference."""
+    lines = ["| model | method | FP ms | QAT ms | ratio | peak RSS FP MiB | QAT MiB | Δ MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.model} | {r.method} W{bits}A{bits} | {r.fp_ms:.1f} | {r.qat_ms:.1f} | "
+                     f"{r.qat_ms / r.fp_ms:.2f}x | {r.fp_mib:.0f} | {r.qat_mib:.0f} | {r.qat_mib - r.fp_mib:+.0f} |")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo``."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
+    """One paragraph saying how the numbers were measured."""
+    return (f"Batch {args.batch}, {args.chans}×{args.size}×{args.size}, "
+            f"{'contiguous' if args.no_channels_last else 'channels_last'}, "
+            f"quantizer kernels {'eager' if args.eager else 'compiled'}, edge layers at 8 bits; "
+            f"step times: median of {args.repeats} rounds after {args.warmup} warm-up rounds, each round one step "
+            f"of the model's FP network (one FP column per model) and of each method's in turn; "
+            f"peak RSS: one fresh process per cell after {args.memory_steps} steps. {brevitas_note}")
+
+
+def write_page(path: Path, body: str, args: argparse.Namespace, brevitas_note: str, wall_s: float) -> None:
+    """Write the table to ``path`` with the command, date, torch version, threads, CPU and wall time."""
+    command = shlex.join(["python", "scripts/bench_step.py", *sys.argv[1:]])
+    page = (f"# Training-step benchmark: QAT over FP\n\n"
+            f"`{command}`\n\n"
+            f"{datetime.date.today().isoformat()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"CPU: {cpu_model()}; sweep wall time {wall_s / 60:.1f} min.\n\n"
+            f"{setup_line(args, brevitas_note)}\n\n{body}\n")
+    path.write_text(page)
+
+
+def main() -> None:
+    """Run the sweep (or, with ``--memory-only``, one memory child) and print the table."""
+    args = parse_args()
+    compile_kernels(not args.eager)
+    if args.memory_only:
+        memory_only(args)
+        return
+    start = time.perf_counter()
+    methods = list(args.methods)
+    if find_spec(BREVITAS) is not None:
+        methods.append(BREVITAS)
+        brevitas_note = "Brevitas learned-scale W4A4 timed beside ours."
+    else:
+        brevitas_note = "Brevitas not installed: its comparison was skipped."
+    print(brevitas_note, flush=True)
+    rows: list[Row] = []
+    for model_name in args.models:
+        rows += bench_model(model_name, methods, args)
+        print(table(rows[-len(methods):], args.bits), flush=True)
+    wall_s = time.perf_counter() - start
+    body = table(rows, args.bits)
+    print(f"\n{setup_line(args, brevitas_note)} {torch.get_num_threads()} threads, wall time {wall_s / 60:.1f} min\n\n{body}")
+    if args.out:
+        write_page(args.out, body, args, brevitas_note, wall_s)
 
 
 if __name__ == "__main__":
