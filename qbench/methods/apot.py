@@ -43,13 +43,7 @@ from typing import Literal
 
 from qbench.engine import weight_decay_for_bits
 from qbench.methods.registry import Method, register_method
-from qbench.quant.apot import (
-    APOT_TERMS,
-    APoTQuantizer,
-    EdgeScale,
-    LevelKind,
-    MaxScaledQuantizer,
-)
+from qbench.quant.apot import APOT_TERMS, APoTQuantizer, EdgeScale, LevelKind, MaxScaledQuantizer
 from qbench.quant.base import Quantizer
 from qbench.quant.convert import LayerPrecision
 from qbench.validate import NonNegativeFloat, PositiveFloat
