@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qbench.report.claims import load_claims
 from qbench.report.table import PUBLISHED_RECORDS, collect, load_spec
+from qbench.report.text import plural
 from qbench.report.verdicts import FAILS, HOLDS, INCONCLUSIVE, RULE, claim_block, judge_claim
 
 CLAIMS_PAGE = "claims.md"
@@ -17,7 +18,7 @@ CLAIMS_DIR = "results"  # results/claims.md beside results/tables
 def verdict_counts(verdicts: list[str], noun: str = "claim") -> str:
     """``3 claims: holds 1, fails 0, inconclusive 2`` (``noun``: what was judged)."""
     count = Counter(verdicts)
-    return (f"{len(verdicts)} {noun}{'s' if len(verdicts) != 1 else ''}: holds {count[HOLDS]}, "
+    return (f"{plural(len(verdicts), noun)}: holds {count[HOLDS]}, "
             f"fails {count[FAILS]}, inconclusive {count[INCONCLUSIVE]}")
 
 

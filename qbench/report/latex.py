@@ -15,6 +15,7 @@ from typing import Literal
 import pandas as pd
 
 from qbench.report.frame import PAPER, columns, fp_values, numbers, run_labels
+from qbench.report.table import table_stem
 
 MISSING = "---"
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -109,13 +110,12 @@ def render_latex(spec: dict, frame: pd.DataFrame) -> str:
     cols = columns(frame)
     groups = _groups(spec, labels)
     body = [_body_line(row, frame[frame["row"] == row["label"]], groups) for row in spec["rows"]]
-    name = spec["name"] + "".join(f"--{v}" for v in (spec.get("narrowed") or {}).values())
     return "\n".join([
         r"% written by qbench-table; needs \usepackage{booktabs}",
         r"\begin{table}[htbp]",
         r"\centering",
         rf"\caption{{{_caption(spec, frame, labels)}}}",
-        rf"\label{{tab:{name}}}",
+        rf"\label{{tab:{table_stem(spec)}}}",
         rf"\begin{{tabular}}{{l{'c' * len(cols) * len(groups)}}}",
         r"\toprule",
         *_header(cols, groups),

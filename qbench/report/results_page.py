@@ -17,6 +17,7 @@ from qbench.report.claims import Claim, load_claims
 from qbench.report.claims_page import CLAIMS_PAGE, verdict_counts
 from qbench.report.table import (PUBLISHED_RECORDS, Cell, collect, load_spec, narrow_spec, published_commands,
                                  table_stem)
+from qbench.report.text import plural
 from qbench.report.verdicts import FAILS, HOLDS, MISSING, Outcome, judge_claim
 
 RESULTS_PAGE = "README.md"
@@ -36,11 +37,6 @@ def variants(name: str, tables_dir: Path) -> list[dict]:
     """The selections (``{recipe.name: VALUE}``) of the committed variants ``NAME--VALUE.md`` of table ``name``."""
     return [{VARIANT_KEY: yaml.safe_load(path.stem.partition("--")[2])}
             for path in sorted(tables_dir.glob(f"{name}--*.md"))]
-
-
-def _plural(n: int, noun: str) -> str:
-    """``1 run``, ``2 runs``."""
-    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _runs(cells: dict[tuple[str, str], Cell]) -> list[dict]:
@@ -74,7 +70,7 @@ def _commits(runs: list[dict]) -> str:
     for commit, commit_runs in by_commit.items():
         dirty = sum(1 for r in commit_runs if (r.get("git") or {}).get("dirty"))
         note = "" if not dirty else f", {'all' if dirty == len(commit_runs) else dirty} from a dirty tree"
-        parts.append(f"{commit} ({_plural(len(commit_runs), 'run')}{note})")
+        parts.append(f"{commit} ({plural(len(commit_runs), 'run')}{note})")
     return ", ".join(parts) if parts else MISSING
 
 
@@ -151,8 +147,8 @@ def _summary(groups: list[tuple[Section, list[Section]]]) -> str:
     table_verdicts = [v for table, _ in groups for v in table.verdicts]
     variant_sections = [variant for _, group in groups for variant in group]
     variant_verdicts = [v for variant in variant_sections for v in variant.verdicts]
-    return (f"**Summary**: the {_plural(len(groups), 'table')}, {verdict_counts(table_verdicts)}; "
-            f"their {_plural(len(variant_sections), 'recipe variant')}, {verdict_counts(variant_verdicts)}.")
+    return (f"**Summary**: the {plural(len(groups), 'table')}, {verdict_counts(table_verdicts)}; "
+            f"their {plural(len(variant_sections), 'recipe variant')}, {verdict_counts(variant_verdicts)}.")
 
 
 def results_page(table_dir: Path, tables_dir: Path, records: list[dict], read_from: str) -> str:

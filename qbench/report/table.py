@@ -31,6 +31,7 @@ import yaml
 from qbench.identity import seed_free_config, seed_free_identity
 from qbench.report.records import flatten
 from qbench.report.stats import seed_spread
+from qbench.report.text import plural
 from qbench.report.verdicts import claims_section
 
 MISSING = "—"
@@ -43,14 +44,26 @@ MARKERS = "†‡§¶‖"  # marks of the less common baselines, doubled past th
 
 @dataclass
 class Cell:
-    """One row × column: its finished runs' top-1, FP top-1 and records, and every run's status and
-    record (``runs``: finished, diverged or failed)."""
+    """One row × column: every run's record (``runs``: finished, diverged or failed); the finished
+    ones (``records``), their top-1 (``values``) and FP top-1 (``fp``) follow from them."""
 
-    values: list[float] = field(default_factory=list)
-    fp: list[float] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
+
+    @property
+    def statuses(self) -> list[str]:
+        return [r["status"] for r in self.runs]
+
+    @property
+    def records(self) -> list[dict]:
+        return [r for r in self.runs if r["status"] == "ok"]
+
+    @property
+    def values(self) -> list[float]:
+        return [r["metrics"]["top1"] for r in self.records]
+
+    @property
+    def fp(self) -> list[float]:
+        return [r["fp"]["top1"] for r in self.records]
 
 
 def narrow_spec(spec: dict, narrowed: dict) -> dict:
@@ -110,15 +123,7 @@ def collect(spec: dict, records: list[dict]) -> dict[tuple[str, str], Cell]:
             chosen[(row["label"], col)] = [r for r, f in flat if _matches(f, want)]
     for key, runs in chosen.items():
         _check_one_experiment(key, runs)
-        cell = Cell()
-        for r in runs:
-            cell.statuses.append(r["status"])
-            cell.runs.append(r)
-            if r["status"] == "ok":
-                cell.values.append(r["metrics"]["top1"])
-                cell.fp.append(r["fp"]["top1"])
-                cell.records.append(r)
-        cells[key] = cell
+        cells[key] = Cell(runs)
     return cells
 
 
@@ -223,16 +228,12 @@ def _cell_marker(cell: Cell | None, mixed: list[Mixed]) -> str:
     return "".join(marker for m in mixed for b, marker in m.markers.items() if (m.model, b) in used)
 
 
-def _n_runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
-
-
 def _mix_sentence(owner: str, mixed: Mixed) -> str:
     """The caption's sentence on one model whose runs use several baselines: each with its FP top-1,
     its number of runs and the cells that used it (unmarked: the most common only)."""
     (common, n_common), *others = mixed.counts
-    parts = [f"`{common.short}` (FP top-1 {common.top1:.2f}, {_n_runs(n_common)}) in unmarked cells"]
-    parts += [f"`{b.short}` (FP top-1 {b.top1:.2f}, {_n_runs(n)}) in cells marked {mixed.markers[b]}"
+    parts = [f"`{common.short}` (FP top-1 {common.top1:.2f}, {plural(n_common, 'run')}) in unmarked cells"]
+    parts += [f"`{b.short}` (FP top-1 {b.top1:.2f}, {plural(n, 'run')}) in cells marked {mixed.markers[b]}"
               for b, n in others]
     return (f"In this table {owner} {mixed.model} runs use {len(parts)} FP baselines: "
             f"{', '.join(parts[:-1])} and {parts[-1]}.")

@@ -23,10 +23,11 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from qbench.report.claims import (ABS_TERM, FP_TERM, Abs, CellKey, Cells, Claim, Comparison, Expr, FP,
+from qbench.report.claims import (ABS_TERM, FP, FP_TERM, Abs, CellKey, Cells, Claim, Comparison, Expr,
                                   Linear, LinearTest, Negative, Number, Spread, SpreadTest, cells_of, load_claims)
 from qbench.report.records import flatten
 from qbench.report.stats import Interval, Sample, linear_interval, seed_spread, variance_ratio_cdf
+from qbench.report.text import plural
 
 if TYPE_CHECKING:
     from qbench.report.table import Cell
@@ -86,7 +87,7 @@ def _cell_text(name: str, cell: Cell | None, field: str | None, spread_kind: str
     text = f"{statistics.fmean(values):.{digits}f}"
     if len(values) > 1:
         text += f" ± {seed_spread(values, spread_kind):.{digits}f}"
-    return f"{name} {text} ({len(values)} seed{'s' if len(values) > 1 else ''})"
+    return f"{name} {text} ({plural(len(values), 'seed')})"
 
 
 def _names(comparison: Comparison) -> dict[CellKey, str]:
