@@ -339,7 +339,8 @@ class _Parser:
         if self._at("name") and self.token.text != "all":
             column = self._take("name").text
             if column in KEYWORDS:
-                raise ClaimError(f"{column!r} cannot name a column (position {self.tokens[self.index - 1].position + 1})")
+                position = self.tokens[self.index - 1].position + 1
+                raise ClaimError(f"{column!r} cannot name a column (position {position})")
         if self._at("name", "all"):
             self.index += 1
             self._take("symbol", "(")

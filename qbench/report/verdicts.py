@@ -71,7 +71,8 @@ def _problem(name: str, cell: Cell | None, field: str | None) -> str | None:
         return f"{name} diverged ({diverged} of {len(cell.statuses)} runs)"
     values = _values(cell, field)
     if not values:
-        return f"{name} not run" if field is None or cell is None or not cell.values else f"{name}: no run records {field}"
+        ran = field is not None and cell is not None and cell.values
+        return f"{name}: no run records {field}" if ran else f"{name} not run"
     if len(values) < 2:
         return f"{name} has 1 seed (a test needs 2)"
     return None
@@ -150,7 +151,8 @@ def _test_name(test: LinearTest) -> str:
     return f"{name} of the inside of abs(), folded" if test.folded is not None else name
 
 
-def _judge_means(comparison: Comparison, samples: dict[CellKey, Sample], fp: float | None, digits: int) -> tuple[str, str]:
+def _judge_means(comparison: Comparison, samples: dict[CellKey, Sample], fp: float | None,
+                 digits: int) -> tuple[str, str]:
     test = comparison.test
     interval = _difference(test, samples, fp)
     verdict = _decide(comparison.op, interval.low, interval.high)
@@ -179,7 +181,8 @@ def _judge_spreads(comparison: Comparison, samples: dict[CellKey, Sample]) -> tu
     ratio = "inf" if right.variance == 0.0 else f"{left.variance / right.variance:.2f}"
     p = 2.0 * min(cdf, 1.0 - cdf)
     meaning = MEANING[verdict] if verdict != INCONCLUSIVE else "the variances do not differ significantly"
-    return verdict, f"variance ratio left / right {ratio}, F test ({left.n - 1}, {right.n - 1} df), p {_p_text(p)}: {meaning}"
+    test = f"F test ({left.n - 1}, {right.n - 1} df), p {_p_text(p)}"
+    return verdict, f"variance ratio left / right {ratio}, {test}: {meaning}"
 
 
 def judge(comparison: Comparison, cells: dict, spread_kind: str) -> Outcome:
@@ -251,7 +254,8 @@ def claim_block(spec: dict, claim: Claim, sources: list[tuple[str, dict]]) -> li
     spread_kind = spec.get("spread", "std")
     judged = [judge_claim(claim, cells, spread_kind) for _, cells in sources]
     header = ["comparison", "paper"] + [f"{label}{suffix}" for label, _ in sources for suffix in ("", " verdict")]
-    lines = ["", f"**{claim.id}** — " + " · ".join(f"{label}: {verdict}" for (label, _), (verdict, _) in zip(sources, judged)),
+    verdicts = " · ".join(f"{label}: {verdict}" for (label, _), (verdict, _) in zip(sources, judged))
+    lines = ["", f"**{claim.id}** — {verdicts}",
              "", f"> {claim.text} — {claim.source}", "", f"Check: `{claim.check}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, comparison in enumerate(claim.comparisons):
