@@ -9,25 +9,15 @@ from qbench.report.cli import main
 from qbench.report.plot import PNG_METADATA_KEY, plot_table, write_png
 from qbench.report.records import write_record
 from qbench.report.table import Runs, render, render_compared
+from tests.test_table import SPEC as TABLE_SPEC
+from tests.test_table import record
 
-SPEC = {
-    "name": "demo", "title": "Demo", "paper": "Someone 2020", "paper_fp": 70.0,
-    "select": {"model.name": "resnet18"},
-    "columns": {"W2A2": {"wbits": 2, "abits": 2}, "W4A4": {"wbits": 4, "abits": 4}},
-    "rows": [
-        {"label": "LSQ", "select": {"method.name": "lsq"}, "paper": {"W2A2": 67.0, "W4A4": 71.0}},
-        {"label": "APoT", "select": {"method.name": "apot"}, "paper": {"W4A4": 69.0}},
-        {"label": "PACT", "select": {"method.name": "pact"}, "paper": {"W2A2": 64.0}},
-        {"label": "DSQ", "paper": {"W2A2": 65.0}},
-    ],
-}
-
-
-def record(bits, top1, method="lsq", seed=0, status="ok", fp=90.0, extra=None):
-    config = {"model": {"name": "resnet18"}, "method": {"name": method}, "wbits": bits, "abits": bits, "seed": seed,
-              **(extra or {})}
-    return {"status": status, "config": config, "metrics": {"top1": top1} if status == "ok" else None,
-            "fp": {"top1": fp}}
+SPEC = {**TABLE_SPEC, "rows": [
+    {"label": "LSQ", "select": {"method.name": "lsq"}, "paper": {"W2A2": 67.0, "W4A4": 71.0}},
+    {"label": "APoT", "select": {"method.name": "apot"}, "paper": {"W4A4": 69.0}},
+    {"label": "PACT", "select": {"method.name": "pact"}, "paper": {"W2A2": 64.0}},
+    {"label": "DSQ", "paper": {"W2A2": 65.0}},
+]}
 
 
 RECORDS = [record(4, 89.0, seed=0), record(4, 87.0, seed=1), record(2, 80.0),
