@@ -17,7 +17,8 @@ from qbench.checkpoint import restore_training, save_training
 from qbench.data import BatchSource
 from qbench.distributed import World, barrier, mean_over_ranks, rank_slice
 from qbench.quant.base import Quantizer
-from qbench.tensorboard import log_values, quantizer_values
+from qbench.quant.calibrate import quantizer_values
+from qbench.tensorboard import log_values
 
 
 class Diverged(RuntimeError):

@@ -31,9 +31,8 @@ def prepare(model: nn.Module, plan: dict[str, LayerPrecision], method: Method) -
     return quantize_model(model, plan, method.weight_quantizer, method.input_quantizer)
 
 
-def initialize(model: nn.Module, method: Method, cfg: dict, batches: list[torch.Tensor]) -> dict:
+def initialize(model: nn.Module, method: Method, cfg: dict, batches: list[torch.Tensor]) -> None:
     """Initialise the quantizers on the calibration ``batches``, with batch norm as
-    fine-tuning will run it (batch statistics unless the recipe freezes it); returns the
-    initial values per quantizer."""
+    fine-tuning will run it (batch statistics unless the recipe freezes it)."""
     train_mode = method.trains and not cfg["recipe"]["qat"].get("freeze_bn", False)
-    return method.initialize(model, batches, train_mode)
+    method.initialize(model, batches, train_mode)

@@ -18,11 +18,12 @@ from qbench.distributed import current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
 from qbench.methods import Method, RunFacts, create_method
 from qbench.provenance import git_state, versions
+from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
 from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
-from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer, quantizer_values
+from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer
 from qbench.validate import ConfigError
 
 
@@ -57,7 +58,7 @@ def quantize(model: torch.nn.Module, method: Method, cfg: dict, calibration: lis
     plan = phases.plan_layers(model, cfg, method)
     model = place(phases.prepare(model, plan, method), settings)
     if not resuming:
-        log_values(writer, "init", phases.initialize(model, method, cfg, calibration))
+        phases.initialize(model, method, cfg, calibration)
         log_values(writer, "quantizer", quantizer_values(model))
     return model, plan
 
@@ -175,7 +176,8 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     status, metrics, extra, plan, report = "ok", None, {}, {}, {}
     writer = open_writer(run_dir / "tb") if world.is_main else None
     resuming = method.trains and cell.checkpoint.exists()
-    calibration = [x.to(settings.device) for x in data.calibration]
+    calibration = [x.to(settings.device) for x in data.calibration] if method.quantizes else []
+    qat = qat_recipe(cfg)
     try:
         if method.quantizes:
             model, plan = quantize(model, method, cfg, calibration, settings, writer, resuming)
@@ -187,7 +189,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
                          None if resuming else len(calibration))
         curves = EpochCurves(writer, lambda: evaluate(model, data.val, settings.device, settings.channels_last,
                                                       settings.progress)["top1"],
-                             lambda: method.report(model, facts), qat_recipe(cfg)["epochs"])
+                             lambda: method.report(model, facts), qat["epochs"])
         if resuming:
             written_by = checkpoint_git(cell.checkpoint)
             if written_by and written_by != provenance["git"]:
@@ -195,7 +197,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
                     f"(dirty: {written_by['dirty']}); this code is {provenance['git']['commit']}")
                 extra["resumed_from_git"] = written_by
         if method.trains:
-            extra["resumed_at_epoch"] = train(model, data.train, qat_recipe(cfg), run_dir, settings, cfg["seed"],
+            extra["resumed_at_epoch"] = train(model, data.train, qat, run_dir, settings, cfg["seed"],
                                               writer, tag="qat", meta=checkpoint_meta(cfg, rid, plan),
                                               world=world, on_epoch_end=curves)
         if method.quantizes:

@@ -9,10 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from torch import nn
-
-from qbench.quant.base import Quantizer
-
 
 def open_writer(path: Path) -> Any:
     """A ``SummaryWriter`` writing under ``path`` (imported here: tensorboard loads slowly)."""
@@ -28,16 +24,6 @@ def log_values(writer: Any, tag: str, values: dict[str, dict[str, float]], step:
     for name, fields in values.items():
         for field, value in fields.items():
             writer.add_scalar(f"{tag}/{name}.{field}", value, step)
-
-
-def quantizer_values(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Every quantizer's one-number parameters and buffers (step, offset, α), by module name."""
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, Quantizer):
-            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-            out[name] = {field: t.item() for field, t in tensors if t is not None and t.numel() == 1}
-    return out
 
 
 def numeric_fields(report: dict) -> dict[str, float]:

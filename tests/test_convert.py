@@ -6,7 +6,7 @@ from qbench.methods import create_method
 from qbench.models import MODELS, create_model
 from qbench.phases import prepare
 from qbench.quant import EdgeLayerPolicy, QuantConv2d, QuantLinear, plan_precision
-from qbench.quant.calibrate import input_quantizers, weight_quantizers
+from qbench.quant.calibrate import input_quantizers, quantizer_values, weight_quantizers
 from qbench.quant.convert import quantizable_layers
 
 
@@ -60,7 +60,8 @@ def test_unknown_layer_name_is_an_error():
 def test_calibration_initialises_every_quantizer_from_float_inputs():
     model, _ = lsq_model(wbits=4, abits=4)
     batches = [torch.randn(8, 1, 28, 28) for _ in range(2)]
-    initial = create_method({"name": "lsq"}).initialize(model, batches, train_mode=False)
+    create_method({"name": "lsq"}).initialize(model, batches, train_mode=False)
+    initial = quantizer_values(model)
     for name, q in {**weight_quantizers(model), **input_quantizers(model)}.items():
         assert q.initialized and q.step.item() > 0, name
     assert "conv1.input_quantizer" in initial

@@ -124,7 +124,7 @@ class PTQNearest(Method):
             with torch.no_grad():
                 quantizer.step.fill_(step.item())
 
-    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> None:
         """Weight grids from the weights, input ranges from the float network (batch norm on
         running statistics: nothing trains)."""
         layers = quantized_layers(model)
@@ -133,7 +133,6 @@ class PTQNearest(Method):
         quantizers = input_quantizers(model)
         for name, obs in observe_inputs(model, batches, self.config.calib_max_samples).items():
             self.calibrate_input(quantizers[name], obs)
-        return {f"{name}.input_quantizer": {"step": q.step.item()} for name, q in quantizers.items()}
 
     def optimise_rounding(self, model: nn.Module, batches: list[torch.Tensor]) -> dict[str, dict[str, float]]:
         """Round-to-nearest: nothing to optimise."""

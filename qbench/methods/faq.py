@@ -98,12 +98,10 @@ class FAQ(Method):
         return FixedPointQuantizer(layer.input_bits, signed=input_signedness(layer, c.act_signed),
                                    statistic=c.act_statistic, level=q, ste=c.ste)
 
-    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> None:
         """Ranges from the first ``calib_batches`` calibration batches (the paper's 5)."""
         c = self.config
         initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)
-        return {name: {"step": m.step.item()} for name, m in model.named_modules()
-                if isinstance(m, FixedPointQuantizer)}
 
     def report(self, model: nn.Module, facts: RunFacts) -> dict:
         layers = quantized_layers(model)

@@ -94,7 +94,7 @@ class LSQPlus(Method):
                                     grad_scale=c.grad_scale, per_example_numel=c.per_example_numel, batch_split=True,
                                     mse_steps=c.mse_steps, mse_grid=c.mse_grid)
 
-    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> None:
         """From the first ``calib_batches`` calibration batches (all when null)."""
         c = self.config
-        return initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)
+        initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)

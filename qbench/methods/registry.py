@@ -98,13 +98,13 @@ class Method:
         dict. The default keeps it."""
         return recipe
 
-    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> dict:
+    def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> None:
         """Initialise the quantizers from the calibration ``batches``; ``train_mode``: observe
-        the network as its first training step sees it (batch norm on batch statistics).
-        Returns the initial values per quantizer, for logging. Default: every quantizer from
-        its weights or the float network's inputs (:func:`~qbench.quant.calibrate.initialize_quantizers`)."""
+        the network as its first training step sees it (batch norm on batch statistics). The
+        runner logs every quantizer's initial values. Default: every quantizer from its weights
+        or the float network's inputs (:func:`~qbench.quant.calibrate.initialize_quantizers`)."""
         max_samples = getattr(self.config, "calib_max_samples", CALIB_MAX_SAMPLES)
-        return initialize_quantizers(model, batches, max_samples, train_mode)
+        initialize_quantizers(model, batches, max_samples, train_mode)
 
     def finalize(self, model: nn.Module, batches: list[torch.Tensor]) -> dict:
         """After initialisation and fine-tuning, before evaluation (a PTQ method's rounding);

@@ -71,8 +71,14 @@ def initialize_quantizers(model: nn.Module, batches: Iterable[torch.Tensor], max
         q.initialize(Observation.of(layers[name].weight))
     for name, obs in observe_inputs(model, batches, max_samples, train_mode).items():
         input_quantizers(model)[name].initialize(obs)
-    initial: dict[str, dict[str, float]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, Quantizer):
-            initial[name] = {p: t.item() for p, t in m.named_parameters() if t.numel() == 1}
-    return initial
+    return quantizer_values(model)
+
+
+def quantizer_values(model: nn.Module) -> dict[str, dict[str, float]]:
+    """Every quantizer's one-number parameters and buffers (step, offset, α), by module name."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Quantizer):
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            out[name] = {field: t.item() for field, t in tensors if t is not None and t.numel() == 1}
+    return out
