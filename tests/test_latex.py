@@ -101,6 +101,14 @@ def test_your_runs_qbench_runs_and_the_paper_are_three_groups():
     assert "FP top-1: yours 88.00; qbench 90.00; paper 70.0." in tex
 
 
+def test_a_table_that_quotes_no_paper_number_has_no_paper_group():
+    spec = {**SPEC, "rows": SPEC["rows"][1:2], "extra_columns": None}
+    _, frame = render(spec, RECORDS)
+    tex = render_latex(spec, frame)
+    width, rows, body = tabular_rows(tex)
+    assert width == 1 + 2 and "paper (" not in rows[0] and len(body) == 1
+
+
 def test_escape_makes_labels_latex():
     assert escape("β_1 & 5% ± 2 · x^2 {a} #1 $ ~ \\") == (
         r"$\beta$\_1 \& 5\% $\pm$ 2 $\cdot$ x\textasciicircum{}2 \{a\} \#1 \$ \textasciitilde{} \textbackslash{}")

@@ -43,6 +43,12 @@ def test_cells_means_and_deltas():
     assert w4.seeds == 2 and w4.ours_top1 == pytest.approx(88.5) and w4.paper_delta_fp == pytest.approx(1.0)
 
 
+def test_a_table_that_quotes_no_paper_number_has_no_paper_columns():
+    spec = {**SPEC, "rows": [{"label": "LSQ", "select": {"method.name": "lsq"}}]}
+    text, _ = render(spec, [record(4, 89.0)])
+    assert "| Method | W2A2 ours (Δ FP) | W4A4 ours (Δ FP) |" in text and "| LSQ | — | 89.00 (-1.00) |" in text
+
+
 def test_the_caption_describes_only_the_runs_in_the_table():
     other = record(4, 80.0, method="faq", fp=95.0)  # inside the spec's select, in no row
     text, _ = render(SPEC, [record(4, 89.0), other])

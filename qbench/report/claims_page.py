@@ -35,11 +35,13 @@ def _table_section(spec: dict, records: list[dict]) -> tuple[str, list[str]]:
 
 
 def claims_page(table_dir: Path, records: list[dict], read_from: str) -> str:
-    """The markdown of every claim of every spec in ``table_dir``, judged on ``records`` (read
-    from ``read_from``); its footer is the command that writes it."""
+    """The markdown of every claim of every spec in ``table_dir`` that states claims (a protocol
+    measurement of qbench's own states none), judged on ``records`` (read from ``read_from``); its
+    footer is the command that writes it."""
     summaries, sections = [], []
-    for path in sorted(table_dir.glob("*.yaml")):
-        summary, section = _table_section(load_spec(path.stem, table_dir), records)
+    specs = [load_spec(path.stem, table_dir) for path in sorted(table_dir.glob("*.yaml"))]
+    for spec in (s for s in specs if s.get("claims")):
+        summary, section = _table_section(spec, records)
         summaries.append(f"- {summary}")
         sections += section
     flag = "" if read_from == PUBLISHED_RECORDS else f" --published-dir {read_from}"

@@ -15,7 +15,7 @@ from typing import Literal
 import pandas as pd
 
 from qbench.report.frame import PAPER, columns, fp_values, numbers, run_labels
-from qbench.report.table import table_stem
+from qbench.report.table import quotes_paper, table_stem
 
 MISSING = "---"
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -58,11 +58,12 @@ class Group:
 
 
 def _groups(spec: dict, labels: list[str]) -> list[Group]:
-    """The markdown's groups of columns: each set of runs, the paper, then each extra column per set
-    of runs (tagged with the set only where there are several)."""
+    """The markdown's groups of columns: each set of runs, the paper (where the spec quotes it), then
+    each extra column per set of runs (tagged with the set only where there are several)."""
     tags = [f" {label}" if len(labels) > 1 else "" for label in labels]
     groups = [Group(rf"{label} ($\Delta$ FP)", label, "runs") for label in labels]
-    groups.append(Group(rf"{PAPER} ($\Delta$ FP)", PAPER, "paper"))
+    if quotes_paper(spec):
+        groups.append(Group(rf"{PAPER} ($\Delta$ FP)", PAPER, "paper"))
     for heading, extra in (spec.get("extra_columns") or {}).items():
         groups += [Group(escape(heading) + tag, f"{label}_{extra['field']}" if tag else extra["field"], "extra",
                          extra.get("digits", 2)) for label, tag in zip(labels, tags)]

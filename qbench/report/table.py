@@ -79,6 +79,12 @@ def table_stem(spec: dict) -> str:
     return spec["name"] + "".join(f"--{value}" for value in (spec.get("narrowed") or {}).values())
 
 
+def quotes_paper(spec: dict) -> bool:
+    """Whether any row of the spec quotes a paper number: a table without any (a protocol
+    measurement of qbench's own) has no paper columns."""
+    return any(row.get("paper") for row in spec["rows"])
+
+
 def load_spec(name: str, table_dir: Path) -> dict:
     path = table_dir / f"{name}.yaml"
     if not path.is_file():
@@ -369,12 +375,12 @@ def _entry(spec: dict, row: dict, col: str, cells: list[dict[tuple[str, str], Ce
 
 
 def _header(spec: dict, sources: list[Runs]) -> list[str]:
-    """Method, one group of columns per set of runs, the paper's group, then each extra column
-    per set of runs (labelled with the set only where there are several)."""
+    """Method, one group of columns per set of runs, the paper's group where the spec quotes the
+    paper, then each extra column per set of runs (labelled with the set only where there are several)."""
     columns = list(spec["columns"])
     tags = [f" {runs.label}" if len(sources) > 1 else "" for runs in sources]
     return (["Method"] + [f"{c} {runs.label} (Δ FP)" for runs in sources for c in columns]
-            + [f"{c} paper (Δ FP)" for c in columns]
+            + [f"{c} paper (Δ FP)" for c in columns if quotes_paper(spec)]
             + [f"{c} {label}{tag}" for label in spec.get("extra_columns") or {} for tag in tags for c in columns])
 
 
@@ -382,7 +388,7 @@ def _markdown_line(spec: dict, row: dict, entries: dict[str, Entry], n_sources: 
     """The row in the header's order."""
     extras = list((spec.get("extra_columns") or {}).values())
     texts = [entries[c].shown[i].text for i in range(n_sources) for c in entries]
-    texts += [_fmt(e.paper, e.paper_delta) for e in entries.values()]
+    texts += [_fmt(e.paper, e.paper_delta) for e in entries.values() if quotes_paper(spec)]
     texts += [MISSING if entries[c].extras[i][j] is None else f"{entries[c].extras[i][j]:.{extra.get('digits', 2)}f}"
               for j, extra in enumerate(extras) for i in range(n_sources) for c in entries]
     label = row["label"] + (" (paper only)" if row.get("select") is None else "")
