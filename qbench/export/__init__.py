@@ -1,0 +1,1 @@
+"""Integer deployment of a finished run: ``qbench-export`` (:mod:`qbench.export.cli`)."""

@@ -1,0 +1,97 @@
+"""The float skeleton of a quantized model, with batch norm folded into the layer before it.
+
+Batch-norm folding (Jacob et al., CVPR 2018, section 3.2; here after training): a layer with
+output y = W∗x + b followed by BN(y) = γ(y − μ)/√(σ² + ε) + β_BN is one layer with per-channel
+gain g = γ/√(σ² + ε) and bias b' = (b − μ)·g + β_BN, BN(W∗x + b) = g·(W∗x) + b'. qbench
+quantizes W before BN, so g is not folded into the weights (that would move them off their
+grid): it becomes part of each output channel's scale, and the codes of W stay as trained.
+
+The skeleton is the model traced by ``torch.fx`` with every quantized layer a plain float layer
+and every ReLU its own call (``torch.relu``): torchvision's ResNet block calls one ``nn.ReLU``
+module twice, which PT2E quantizers refuse ("Input partition has more than one output node").
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from qbench.quant.layers import QUANT_LAYERS, QuantConv2d
+
+
+@dataclass(frozen=True)
+class Folded:
+    """Per output channel: the gain g multiplying W∗x and the bias b' (float64)."""
+
+    gain: torch.Tensor
+    bias: torch.Tensor
+
+
+def fold_batch_norm(bias: torch.Tensor | None, bn: nn.BatchNorm2d | None, channels: int) -> Folded:
+    """g = γ/√(σ² + ε), b' = (b − μ)·g + β_BN from BN's running statistics (eval mode); without
+    BN, g = 1 and b' = b."""
+    b = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
+    if bn is None:
+        return Folded(torch.ones(channels, dtype=torch.float64), b)
+    gain = bn.weight.detach().double().cpu() / torch.sqrt(bn.running_var.double().cpu() + bn.eps)
+    return Folded(gain, (b - bn.running_mean.double().cpu()) * gain + bn.bias.detach().double().cpu())
+
+
+def _plain_layer(layer: nn.Module) -> nn.Module:
+    """The float layer a quantized layer extends, sharing its weight and bias."""
+    if isinstance(layer, QuantConv2d):
+        plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, device="meta")
+    else:
+        plain = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
+    plain.weight, plain.bias = layer.weight, layer.bias
+    return plain
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with each quantized layer replaced by the float layer it extends."""
+    model = copy.deepcopy(model).cpu().eval()
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QUANT_LAYERS):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _plain_layer(module))
+    return model
+
+
+def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
+    """(traced float skeleton of ``model`` with BN folded away, {layer name: folded gain and
+    bias}) for every conv/linear layer. A BN is folded when it directly follows a conv that has
+    no other user; each ``nn.ReLU`` call becomes a ``torch.relu`` node. Raises ``RuntimeError``
+    when the model cannot be traced."""
+    plain = _plain_copy(model)
+    try:
+        gm = fx.symbolic_trace(plain)
+    except Exception as exc:
+        raise RuntimeError(f"cannot trace {type(model).__name__}: {exc}") from exc
+    modules = dict(gm.named_modules())
+    folded: dict[str, Folded] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = modules[node.target]
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            channels = module.weight.shape[0]
+            users = list(node.users)
+            bn = None
+            if (len(users) == 1 and users[0].op == "call_module"
+                    and isinstance(modules[users[0].target], nn.BatchNorm2d)):
+                bn = modules[users[0].target]
+                users[0].replace_all_uses_with(node)
+                gm.graph.erase_node(users[0])
+            folded[node.target] = fold_batch_norm(module.bias, bn, channels)
+        elif isinstance(module, nn.ReLU):
+            with gm.graph.inserting_after(node):
+                relu = gm.graph.call_function(torch.relu, node.args)
+            node.replace_all_uses_with(relu)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm, folded
