@@ -28,19 +28,25 @@ from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
 
 
+def _scaled(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """z = (v − β)/s, the same operations in the forward and the backward kernel."""
+    return (v - offset if offset is not None else v) / step
+
+
 @kernel
 def _forward_kernel(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
-                    qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(v̂, z) with z = (v − β)/s, kept for the backward."""
-    z = (v - offset if offset is not None else v) / step
-    out = torch.clamp(z, qmin, qmax).round() * step
-    return (out + offset if offset is not None else out), z
+                    qmin: int, qmax: int) -> torch.Tensor:
+    """v̂ = s·⌊clamp(z, n, p)⌉ + β."""
+    out = torch.clamp(_scaled(v, step, offset), qmin, qmax).round() * step
+    return out + offset if offset is not None else out
 
 
 @kernel
-def _backward_kernel(z: torch.Tensor, grad_out: torch.Tensor, qmin: int,
-                     qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(∂L/∂v, Σ ∂L/∂v̂·∂v̂/∂s, Σ ∂L/∂v̂·∂v̂/∂β) before the gradient scale."""
+def _backward_kernel(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, grad_out: torch.Tensor,
+                     qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂L/∂v, Σ ∂L/∂v̂·∂v̂/∂s, Σ ∂L/∂v̂·∂v̂/∂β) before the gradient scale, with z recomputed
+    from v exactly as the forward computed it."""
+    z = _scaled(v, step, offset)
     inside = (z > qmin) & (z < qmax)
     grad_v = torch.where(inside, grad_out, 0.0)
     # Outside the range the code is exactly n or p, and so is ∂v̂/∂s.
@@ -56,26 +62,31 @@ class LearnedStepFakeQuant(torch.autograd.Function):
     """v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients (module docstring).
 
     The kernels run on 1-D views in the input's memory order; the output has the input's
-    layout, and ∂L/∂v the layout of the input too.
+    layout, and ∂L/∂v the layout of the input too. The backward keeps the input ``v`` itself
+    (a view of it, where it is dense in its memory order), not a float ``z`` of its size: ``v`` is
+    often held anyway (a weight, the output a ReLU keeps for its own backward), and the backward
+    recomputes z from it bit for bit. An in-place change of ``v`` before the backward is then
+    autograd's usual error, never a silently wrong gradient.
     """
 
     @staticmethod
     def forward(ctx: Any, v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
                 qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
         order = memory_order(v)
-        out, z = _forward_kernel(flatten(v, order), step.detach(),
-                                 offset.detach() if offset is not None else None, qmin, qmax)
-        ctx.save_for_backward(z, step, offset)
+        flat = flatten(v, order)
+        step, offset = step.detach(), offset.detach() if offset is not None else None
+        out = _forward_kernel(flat, step, offset, qmin, qmax)
+        ctx.save_for_backward(flat, step, offset)
         ctx.qrange = (qmin, qmax, grad_scale)
         ctx.layout = (v.shape, order)
         return unflatten(out, v.shape, order)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
-        z, step, offset = ctx.saved_tensors
+        flat, step, offset = ctx.saved_tensors
         qmin, qmax, grad_scale = ctx.qrange
         shape, order = ctx.layout
-        grad_v, grad_step, grad_offset = _backward_kernel(z, flatten(grad_out, order), qmin, qmax)
+        grad_v, grad_step, grad_offset = _backward_kernel(flat, step, offset, flatten(grad_out, order), qmin, qmax)
         grad_v = unflatten(grad_v, shape, order)
         grad_step = (grad_step * grad_scale).reshape(step.shape)
         if offset is not None:
@@ -247,6 +258,7 @@ class LearnedStepQuantizer(Quantizer):
         assert init in get_args(StepInit) and offset in get_args(Offset), (init, offset)
         self.signed = signed
         self.offset_mode = offset
+        self.recomputable = offset != "xmin"  # the running minimum is written while quantizing
         self.init = init
         self.use_grad_scale = grad_scale
         self.per_example_numel = per_example_numel
