@@ -23,20 +23,23 @@ from qbench.quant.layers import QUANT_LAYERS, QuantConv2d
 
 @dataclass(frozen=True)
 class Folded:
-    """Per output channel: the gain g multiplying W∗x and the bias b' (float64)."""
+    """Per output channel: the gain g multiplying W∗x and the bias b' (float64); the name of
+    the batch norm folded in (None without one)."""
 
     gain: torch.Tensor
     bias: torch.Tensor
+    bn: str | None = None
 
 
-def fold_batch_norm(bias: torch.Tensor | None, bn: nn.BatchNorm2d | None, channels: int) -> Folded:
+def fold_batch_norm(bias: torch.Tensor | None, bn: nn.BatchNorm2d | None, channels: int,
+                    bn_name: str | None = None) -> Folded:
     """g = γ/√(σ² + ε), b' = (b − μ)·g + β_BN from BN's running statistics (eval mode); without
     BN, g = 1 and b' = b."""
     b = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.detach().double().cpu()
     if bn is None:
         return Folded(torch.ones(channels, dtype=torch.float64), b)
     gain = bn.weight.detach().double().cpu() / torch.sqrt(bn.running_var.double().cpu() + bn.eps)
-    return Folded(gain, (b - bn.running_mean.double().cpu()) * gain + bn.bias.detach().double().cpu())
+    return Folded(gain, (b - bn.running_mean.double().cpu()) * gain + bn.bias.detach().double().cpu(), bn_name)
 
 
 def _plain_layer(layer: nn.Module) -> nn.Module:
@@ -79,13 +82,13 @@ def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             channels = module.weight.shape[0]
             users = list(node.users)
-            bn = None
+            bn_name = None
             if (len(users) == 1 and users[0].op == "call_module"
                     and isinstance(modules[users[0].target], nn.BatchNorm2d)):
-                bn = modules[users[0].target]
+                bn_name = users[0].target
                 users[0].replace_all_uses_with(node)
                 gm.graph.erase_node(users[0])
-            folded[node.target] = fold_batch_norm(module.bias, bn, channels)
+            folded[node.target] = fold_batch_norm(module.bias, modules.get(bn_name), channels, bn_name)
         elif isinstance(module, nn.ReLU):
             with gm.graph.inserting_after(node):
                 relu = gm.graph.call_function(torch.relu, node.args)

@@ -30,6 +30,7 @@ class LayerForm:
 
     codes: torch.Tensor
     weight_scale: torch.Tensor
+    weight_bits: int
     input_form: Affine
     folded: Folded
 
@@ -45,7 +46,7 @@ def layer_forms(model: nn.Module, folded: dict[str, Folded]) -> dict[str, LayerF
             raise NoIntegerForm(f"layer {name} keeps its {'weights' if not isinstance(wq, Quantizer) else 'input'} "
                                 "in float: an integer layer needs both quantized")
         codes, wform = weight_codes(wq, layer.weight, name)
-        forms[name] = LayerForm(codes, wform.scale, read_affine(iq, name), folded[name])
+        forms[name] = LayerForm(codes, wform.scale, wform.bits, read_affine(iq, name), folded[name])
     return forms
 
 
