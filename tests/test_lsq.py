@@ -1,6 +1,5 @@
 """LSQ quantizer math against the paper's formulas, element by element."""
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -140,29 +139,6 @@ def test_one_sgd_step_moves_the_step_and_reduces_error():
         opt.step()
     assert q.step.item() > 0.05
     assert (q(x) - x).square().mean().item() < before
-
-
-def _saved_storages(fn: Callable[[], torch.Tensor]) -> list[int]:
-    """The storage pointers of the float tensors autograd saves while ``fn`` runs."""
-    saved = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point() and t.numel() > 1:
-            saved.append(t.untyped_storage().data_ptr())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return saved
-
-
-@pytest.mark.parametrize("with_offset", [False, True])
-def test_the_backward_keeps_the_input_itself_and_no_float_tensor_of_its_size(with_offset):
-    v = torch.randn(8, 6, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    step = torch.tensor(0.3, requires_grad=True)
-    offset = torch.tensor(-0.1, requires_grad=True) if with_offset else None
-    saved = _saved_storages(lambda: LearnedStepFakeQuant.apply(v, step, offset, -4, 3, 1.0))
-    assert saved == [v.untyped_storage().data_ptr()]
 
 
 def test_changing_the_input_in_place_before_the_backward_is_an_error():

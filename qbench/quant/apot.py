@@ -123,20 +123,29 @@ def _project(x: torch.Tensor, lo: torch.Tensor, levels: torch.Tensor, bounds: to
     return levels[i + (x > bounds[i]).long()]
 
 
+def _scaled(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """u = (v − shift)·inv_scale/α, the same operations in the forward and the backward kernels."""
+    return (v - shift) * inv_scale / alpha
+
+
 @kernel
 def _rcf_forward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor, lo: torch.Tensor,
                  levels: torch.Tensor, bounds: torch.Tensor, first: torch.Tensor | None,
-                 inv_cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x̂, u = (v − shift)·inv_scale/α, Π(clip(u))): the last two are kept for the backward."""
-    u = (v - shift) * inv_scale / alpha
-    projected = _project(torch.maximum(u, lo).clamp_max(1.0), lo, levels, bounds, first, inv_cell)
-    return projected * alpha, u, projected
+                 inv_cell: torch.Tensor) -> torch.Tensor:
+    """x̂ = α·Π(clip(u, lo, 1))."""
+    u = _scaled(v, shift, inv_scale, alpha)
+    return _project(torch.maximum(u, lo).clamp_max(1.0), lo, levels, bounds, first, inv_cell) * alpha
 
 
 @kernel
-def _rcf_backward(u: torch.Tensor, projected: torch.Tensor, grad_out: torch.Tensor, alpha: torch.Tensor,
-                  lo: torch.Tensor, grad_outside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(∂L/∂n, ∂L/∂α, Σ ∂L/∂n, Σ ∂L/∂n·n) by the RCF rule, n = α·u the clipped input."""
+def _rcf_backward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor, alpha: torch.Tensor,
+                  lo: torch.Tensor, levels: torch.Tensor, bounds: torch.Tensor, first: torch.Tensor | None,
+                  inv_cell: torch.Tensor, grad_out: torch.Tensor,
+                  grad_outside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂L/∂n, ∂L/∂α, Σ ∂L/∂n, Σ ∂L/∂n·n) by the RCF rule, n = α·u the clipped input; u and
+    Π(clip(u)) recomputed from v exactly as the forward computed them."""
+    u = _scaled(v, shift, inv_scale, alpha)
+    projected = _project(torch.maximum(u, lo).clamp_max(1.0), lo, levels, bounds, first, inv_cell)
     inside = (u >= lo) & (u <= 1.0)
     below_unsigned = (u < 0.0) & (lo == 0.0)
     grad_n = torch.where(inside, grad_out, torch.where(below_unsigned, 0.0, grad_out * grad_outside))
@@ -146,10 +155,12 @@ def _rcf_backward(u: torch.Tensor, projected: torch.Tensor, grad_out: torch.Tens
 
 
 @kernel
-def _normalisation_backward(grad_n: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor, inv_scale: torch.Tensor,
-                            sum_grad: torch.Tensor, sum_grad_n: torch.Tensor, numel: int) -> torch.Tensor:
+def _normalisation_backward(grad_n: torch.Tensor, v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor,
+                            alpha: torch.Tensor, sum_grad: torch.Tensor, sum_grad_n: torch.Tensor,
+                            numel: int) -> torch.Tensor:
     """∂L/∂v through n = (v − mean)/std (unbiased std):
     (1/std)·(∂L/∂n − Σ∂L/∂n / N − n·Σ(∂L/∂n·n) / (N − 1))."""
+    u = _scaled(v, shift, inv_scale, alpha)
     return inv_scale * (grad_n - sum_grad / numel - u * alpha * sum_grad_n / (numel - 1))
 
 
@@ -157,7 +168,9 @@ class RCFQuantize(torch.autograd.Function):
     """α·Π(clip(n/α, lo, 1)) with the RCF gradients (module docstring); lo = −1 for a signed
     level set, 0 for an unsigned one; ``table`` a :class:`LevelTable` built for ``lo``. With ``weight_norm`` n = (v − mean(v))/std(v) and the
     gradient flows through the normalisation too (section 2.4), in two fused passes; otherwise
-    n = v. Kernels run on 1-D views (:mod:`qbench.quant.kernels`)."""
+    n = v. Kernels run on 1-D views (:mod:`qbench.quant.kernels`). The backward keeps the input
+    itself (a view) and recomputes u and its level from it, as the LSQ backward does
+    (:class:`qbench.quant.lsq.LearnedStepFakeQuant`), instead of two float tensors of its size."""
 
     @staticmethod
     def forward(ctx: Any, v: torch.Tensor, alpha: torch.Tensor, table: LevelTable, lo: float,
@@ -173,20 +186,23 @@ class RCFQuantize(torch.autograd.Function):
         # lo and grad_outside enter the kernels as 0-d tensors: a compiled kernel given a Python
         # float reused the clamp bound of another call (measured: signed weights clipped at 0).
         lo_t, grad_outside_t = flat.new_tensor(lo), flat.new_tensor(grad_outside)
-        out, u, projected = _rcf_forward(flat, shift, inv_scale, alpha, lo_t, table.levels, table.bounds,
-                                         table.first, table.inv_cell)
-        ctx.save_for_backward(u, projected, alpha, inv_scale, lo_t, grad_outside_t)
+        out = _rcf_forward(flat, shift, inv_scale, alpha, lo_t, table.levels, table.bounds, table.first,
+                           table.inv_cell)
+        ctx.save_for_backward(flat, shift, inv_scale, alpha, lo_t, grad_outside_t)
+        ctx.table = table
         ctx.params = (weight_norm, v.shape, order)
         return unflatten(out, v.shape, order)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
-        u, projected, alpha, inv_scale, lo, grad_outside = ctx.saved_tensors
+        flat, shift, inv_scale, alpha, lo, grad_outside = ctx.saved_tensors
+        table = ctx.table
         weight_norm, shape, order = ctx.params
-        grad_n, grad_alpha, sum_grad, sum_grad_n = _rcf_backward(u, projected, flatten(grad_out, order),
-                                                                 alpha, lo, grad_outside)
+        grad_n, grad_alpha, sum_grad, sum_grad_n = _rcf_backward(
+            flat, shift, inv_scale, alpha, lo, table.levels, table.bounds, table.first, table.inv_cell,
+            flatten(grad_out, order), grad_outside)
         if weight_norm:
-            grad_v = _normalisation_backward(grad_n, u, alpha, inv_scale, sum_grad, sum_grad_n, u.numel())
+            grad_v = _normalisation_backward(grad_n, flat, shift, inv_scale, alpha, sum_grad, sum_grad_n, flat.numel())
         else:
             grad_v = grad_n
         return unflatten(grad_v, shape, order), grad_alpha.reshape(()), None, None, None, None
