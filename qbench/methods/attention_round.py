@@ -40,21 +40,28 @@ hard-quantized).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from qbench.methods.registry import Method, RunFacts, input_signedness, register_method
-from qbench.quant.attention_round import AttentionRoundQuantizer, Granularity, GridInit, Relaxation, mse_step
+from qbench.quant.attention_round import (
+    AttentionRoundQuantizer,
+    AttentionRoundRule,
+    Granularity,
+    GridInit,
+    Relaxation,
+    mse_step,
+)
 from qbench.quant.calibrate import input_quantizers, observe_inputs, quantized_layers, weight_quantizers
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.lsq import LearnedStepQuantizer
 from qbench.quant.mixed_precision import allocate_bits, bits_per_weight
 from qbench.quant.observer import Observation
-from qbench.quant.reconstruct import Reconstruction, optimise_unit, reconstruct
+from qbench.quant.reconstruct import BlockInput, Reconstruction, Schedule, reconstruct
 from qbench.validate import ActSigned, Bound, PositiveFloat, PositiveInt, require
 
 MP_BITS = range(2, 9)  # bit-widths mixed precision may choose from
@@ -168,7 +175,7 @@ class AttentionRound(PTQNearest):
     @dataclass
     class Config(PTQNearest.Config):
         reconstruction: Reconstruction = "block"
-        block_input: Literal["quantized", "float"] = "quantized"
+        block_input: BlockInput = "quantized"
         epochs: PositiveFloat = 6.0
         batch_size: PositiveInt = 32
         lr: PositiveFloat = 0.01
@@ -192,6 +199,7 @@ class AttentionRound(PTQNearest):
     def optimise_rounding(self, model: nn.Module, batches: list[torch.Tensor]) -> dict[str, dict[str, float]]:
         """Block- (or layer-) wise reconstruction of the rounding (:mod:`qbench.quant.reconstruct`)."""
         c = self.config
-        optimise = partial(optimise_unit, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                           sigma_start=c.sigma_start, sigma_end=c.sigma_end)
-        return reconstruct(model, batches, c.reconstruction, c.block_input, optimise)
+        images = sum(len(x) for x in batches)
+        schedule = Schedule(c.reconstruction, c.block_input, math.ceil(c.epochs * images / c.batch_size),
+                            c.batch_size, c.lr)
+        return reconstruct(model, batches, AttentionRoundRule(c.sigma_start, c.sigma_end), schedule)

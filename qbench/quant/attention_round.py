@@ -31,7 +31,8 @@ than window − 1 steps carry a mass below exp(−(window − 1)²/(2σ²)) (3·
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -224,3 +225,22 @@ class AttentionRoundQuantizer(Quantizer):
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, per_channel={self.per_channel}, window={self.window}, "
                 f"relaxation={self.relaxation}, hard={self.hard}")
+
+
+@dataclass(frozen=True)
+class AttentionRoundRule:
+    """Attention Round as the rounding rule of :func:`qbench.quant.reconstruct.reconstruct`: the
+    offsets δ are learned while σ anneals from ``sigma_start`` to ``sigma_end`` (eq. 3); no
+    regulariser."""
+
+    quantizer: ClassVar[type[Quantizer]] = AttentionRoundQuantizer
+    sigma_start: float
+    sigma_end: float
+
+    def parameters(self, quantizers: list[AttentionRoundQuantizer]) -> list[nn.Parameter]:
+        return [q.offset for q in quantizers]
+
+    def step(self, quantizers: list[AttentionRoundQuantizer], t: int, total: int) -> None:
+        sigma = annealed_sigma(t, total, self.sigma_start, self.sigma_end)
+        for q in quantizers:
+            q.sigma = sigma

@@ -1,13 +1,22 @@
 """Output reconstruction for post-training rounding: optimise each unit of the network — a
 block or a single layer — so that its quantized output matches the float one, unit by unit in
-execution order (the BRECQ-style schedule qbench uses for Attention Round, papers.md §5.3).
+execution order (BRECQ, Li et al., ICLR 2021; the schedule qbench uses for Attention Round,
+papers.md §5.3, and for AdaRound).
+
+One loop for every learned rounding; what differs between methods is the
+:class:`RoundingRule`: which quantizers it rounds, their learned variables, and at each step
+its schedule (set on the quantizers) and a regulariser added to the loss.
 
 For unit i: the target is the float network's output of the unit on the calibration images;
 its input is the input the quantized network gives it (units before i already hard-quantized)
-or the float one (``block_input``). The learned rounding offsets δ of the unit's
-:class:`~qbench.quant.attention_round.AttentionRoundQuantizer` s minimise the mean squared
-error over random mini-batches with Adam while the attention width σ anneals (eq. 3 there);
-the unit's input quantizers are on, with their calibrated ranges. Then the unit is hard-quantized.
+or the float one (``block_input``). The rule's variables minimise, with Adam on random
+mini-batches (:class:`Schedule`), the loss
+
+    mean over images, positions and channels of (unit(x) − target)² + R_t / C
+
+where R_t is the rule's regulariser at step t and C the unit's output channels: the paper's
+squared error (summed over channels, averaged over images and positions) plus R_t, divided by C.
+The unit's input quantizers are on, with their calibrated ranges. Then the unit is hard-quantized.
 
 Blocks: the children of the model (recursing through plain ``Sequential`` / ``ModuleList`` /
 ``ModuleDict`` containers) that hold a quantized layer — ResNet's basic blocks, MobileNetV2's
@@ -16,18 +25,45 @@ classifier layers on their own.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
 
-from qbench.quant.attention_round import AttentionRoundQuantizer, annealed_sigma
+from qbench.quant.base import Quantizer
 from qbench.quant.calibrate import quantized_layers, set_quantization_enabled
 from qbench.quant.layers import QUANT_LAYERS
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 Reconstruction = Literal["block", "layer"]  # the unit whose output is reconstructed
+BlockInput = Literal["quantized", "float"]  # a unit's input: the quantized network's (BRECQ) or the float one
+
+
+class RoundingRule(Protocol):
+    """A learned rounding as the loop optimises it. Its quantizers (instances of ``quantizer``)
+    have ``hard``: false while optimised, true for the final rounding."""
+
+    quantizer: ClassVar[type[Quantizer]]
+
+    def parameters(self, quantizers: list) -> list[nn.Parameter]:
+        """The learned variables of ``quantizers``."""
+
+    def step(self, quantizers: list, t: int, total: int) -> torch.Tensor | None:
+        """Set step ``t`` of ``total``'s schedule on ``quantizers``; return the regulariser to
+        add to the loss (``None``: none)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How each unit is optimised: the unit (``granularity``), its input (``block_input``), and
+    ``iterations`` Adam steps at learning rate ``lr`` on random batches of ``batch_size``."""
+
+    granularity: Reconstruction
+    block_input: BlockInput
+    iterations: int
+    batch_size: int
+    lr: float
 
 
 class _Stop(Exception):
@@ -100,13 +136,9 @@ def capture(model: nn.Module, unit: nn.Module, batches: list[torch.Tensor],
     return torch.cat(inputs), (torch.cat(outputs) if with_output else None)
 
 
-def unit_quantizers(unit: nn.Module) -> list[AttentionRoundQuantizer]:
-    return [m for m in unit.modules() if isinstance(m, AttentionRoundQuantizer)]
-
-
 @torch.no_grad()
-def hard_error(unit: nn.Module, quantizers: list[AttentionRoundQuantizer], inputs: torch.Tensor,
-               targets: torch.Tensor, chunk: int) -> float:
+def hard_error(unit: nn.Module, quantizers: list[Quantizer], inputs: torch.Tensor, targets: torch.Tensor,
+               chunk: int) -> float:
     """Mean squared error of the unit's hard-quantized output against the float target."""
     for q in quantizers:
         q.hard = True
@@ -114,34 +146,31 @@ def hard_error(unit: nn.Module, quantizers: list[AttentionRoundQuantizer], input
     return total / targets.numel()
 
 
-def optimise_unit(unit: nn.Module, quantizers: list[AttentionRoundQuantizer], inputs: torch.Tensor,
-                  targets: torch.Tensor, epochs: float, batch_size: int, lr: float,
-                  sigma_start: float, sigma_end: float) -> None:
-    """Adam on the rounding offsets δ, loss ‖unit(x) − target‖² on random mini-batches, for
-    ⌈epochs·N/batch_size⌉ steps (N calibration images), σ annealed from ``sigma_start`` to
-    ``sigma_end``."""
+def optimise_unit(unit: nn.Module, quantizers: list[Quantizer], inputs: torch.Tensor, targets: torch.Tensor,
+                  rule: RoundingRule, schedule: Schedule) -> None:
+    """Adam on the rule's variables, the loss of the module docstring on random mini-batches,
+    for ``schedule.iterations`` steps."""
     for q in quantizers:
         q.hard = False
-    iterations = math.ceil(epochs * len(inputs) / batch_size)
-    opt = torch.optim.Adam([q.offset for q in quantizers], lr=lr)
-    for t in range(iterations):
-        sigma = annealed_sigma(t, iterations, sigma_start, sigma_end)
-        for q in quantizers:
-            q.sigma = sigma
-        idx = torch.randint(len(inputs), (min(batch_size, len(inputs)),), device=inputs.device)
-        loss = (unit(inputs[idx]) - targets[idx]).square().mean()
+    opt = torch.optim.Adam(rule.parameters(quantizers), lr=schedule.lr)
+    for t in range(schedule.iterations):
+        regulariser = rule.step(quantizers, t, schedule.iterations)
+        idx = torch.randint(len(inputs), (min(schedule.batch_size, len(inputs)),), device=inputs.device)
+        out = unit(inputs[idx])
+        loss = (out - targets[idx]).square().mean()
+        if regulariser is not None:
+            loss = loss + regulariser / out.shape[1]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
 
-def reconstruct(model: nn.Module, batches: list[torch.Tensor], granularity: Reconstruction, block_input: str,
-                optimise: Callable[[nn.Module, list[AttentionRoundQuantizer], torch.Tensor, torch.Tensor], None]
-                ) -> dict[str, dict[str, float]]:
-    """Optimise the rounding of every unit in execution order (module docstring) with
-    ``optimise(unit, quantizers, inputs, targets)`` and hard-quantize it. Returns, per unit,
-    the output error with round-to-nearest (δ = 0) and after optimisation."""
-    units = reconstruction_units(model, granularity)
+def reconstruct(model: nn.Module, batches: list[torch.Tensor], rule: RoundingRule,
+                schedule: Schedule) -> dict[str, dict[str, float]]:
+    """Optimise the rounding of every unit in execution order (module docstring) and
+    hard-quantize it. Returns, per unit, the output error of the hard rounding before
+    optimisation (round-to-nearest: Attention Round's δ = 0, AdaRound's V₀) and after it."""
+    units = reconstruction_units(model, schedule.granularity)
     was_training = model.training
     model.eval()
     flags = {p: p.requires_grad for p in model.parameters()}
@@ -152,21 +181,23 @@ def reconstruct(model: nn.Module, batches: list[torch.Tensor], granularity: Reco
         set_quantization_enabled(model, False)
         order = execution_order(model, units, batches[0][:1])
         for name in order:
-            unit, quantizers = units[name], unit_quantizers(units[name])
+            unit = units[name]
+            quantizers = [m for m in unit.modules() if isinstance(m, rule.quantizer)]
             if not quantizers:
                 continue
             set_quantization_enabled(model, False)
             inputs, targets = capture(model, unit, batches, with_output=True)
             set_quantization_enabled(model, True)
-            if block_input == "quantized":
+            if schedule.block_input == "quantized":
                 inputs, _ = capture(model, unit, batches, with_output=False)
             chunk = len(batches[0])
             nearest = hard_error(unit, quantizers, inputs, targets, chunk)
-            for q in quantizers:
-                q.offset.requires_grad_(True)
-            optimise(unit, quantizers, inputs, targets)
-            for q in quantizers:
-                q.offset.requires_grad_(False)
+            variables = rule.parameters(quantizers)
+            for p in variables:
+                p.requires_grad_(True)
+            optimise_unit(unit, quantizers, inputs, targets, rule, schedule)
+            for p in variables:
+                p.requires_grad_(False)
             errors[name] = {"error_nearest": nearest,
                             "error_rounded": hard_error(unit, quantizers, inputs, targets, chunk)}
     finally:
