@@ -82,7 +82,11 @@ def export(args: dict) -> tuple[dict, Path]:
 
     loaded = []
     model = quantized_model(source, lambda: loaded.append(data()) or loaded[0].calibration)
-    forms = layer_forms(model, skeleton(model)[1])
+    try:
+        forms = layer_forms(model, skeleton(model)[1])
+    except NoIntegerForm as exc:
+        raise NoIntegerForm(f"run {source.record['run_id']} (method {cfg['method']['name']}) has no integer form: "
+                            f"{exc}") from None
     val = (loaded or [data()])[0].val
     example = next(iter(val.batches(0)))[0]
     started = time.time()

@@ -11,12 +11,19 @@ Plain PyTorch integer ops: it runs on any device PyTorch runs on, slowly.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
-from qbench.export.affine import Affine, NoIntegerForm, read_affine, weight_codes
+from qbench.export.affine import (
+    AFFINE_FORMS,
+    Affine,
+    NoIntegerForm,
+    read_affine,
+    weight_codes,
+)
 from qbench.export.fold import Folded, skeleton
 from qbench.export.layers import IntegerLayer
 from qbench.quant.base import Quantizer
@@ -39,8 +46,15 @@ def layer_forms(model: nn.Module, folded: dict[str, Folded]) -> dict[str, LayerF
     """{layer name: :class:`LayerForm`} of every quantized layer of ``model``; raises
     :class:`NoIntegerForm` for a layer whose weights or input stay float or whose quantizer has
     no affine form."""
+    layers = quantized_layers(model)
+    foreign = Counter(type(q).__name__ for layer in layers.values()
+                      for q in (layer.weight_quantizer, layer.input_quantizer)
+                      if isinstance(q, Quantizer) and type(q) not in AFFINE_FORMS)
+    if foreign:
+        raise NoIntegerForm(", ".join(f"{name} ({count} tensors)" for name, count in foreign.most_common())
+                            + " quantize to levels without an affine form (scale·integer + offset)")
     forms = {}
-    for name, layer in quantized_layers(model).items():
+    for name, layer in layers.items():
         wq, iq = layer.weight_quantizer, layer.input_quantizer
         if not isinstance(wq, Quantizer) or not isinstance(iq, Quantizer):
             raise NoIntegerForm(f"layer {name} keeps its {'weights' if not isinstance(wq, Quantizer) else 'input'} "
