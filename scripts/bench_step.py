@@ -7,6 +7,8 @@
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
 quantized steps alternate so that machine noise hits all alike; medians and ratios are reported.
+Evaluation: the same networks in eval mode without gradients, one batch of ``--eval-batch`` images
+each in turn, after the training rounds (their weights as training left them).
 Memory: a fresh child process (``--memory-only``) per (model, method) and one per model for FP
 builds its one network, runs a few steps and reports its peak RSS (``VmHWM``), so networks do not share a heap.
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
@@ -42,12 +44,15 @@ FP = "fp"
 
 @dataclass(frozen=True)
 class Row:
-    """One model × method: median step times (ms) and peak RSS of separate processes (MiB)."""
+    """One model × method: median training-step and evaluation-batch times (ms) and peak RSS of
+    separate processes (MiB)."""
 
     model: str
     method: str
     fp_ms: float
     qat_ms: float
+    fp_eval_ms: float
+    qat_eval_ms: float
     fp_mib: float
     qat_mib: float
 
@@ -64,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=qat_methods())
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--eval-batch", type=int, default=512, help="images per evaluation batch (recipe local's)")
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--chans", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
@@ -161,6 +167,25 @@ def alternate_steps(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def alternate_evaluations(models: dict[str, nn.Module], x: torch.Tensor, warmup: int,
+                          repeats: int) -> dict[str, float]:
+    """Median time (ms) of one evaluation batch per model after ``warmup`` rounds, in turn each round;
+    the models are left in training mode."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m.eval()
+        for i in range(warmup + repeats):
+            for k, m in models.items():
+                start = time.perf_counter()
+                m(x)
+                if i >= warmup:
+                    times[k].append(time.perf_counter() - start)
+    for m in models.values():
+        m.train()
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size since its exec (``VmHWM``): unlike
     ``getrusage(...).ru_maxrss``, which Linux carries over from the forking parent."""
@@ -191,18 +216,26 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> fl
 def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> list[Row]:
     """Time FP and every method on ``model_name`` in this process, then each one's memory in its own child."""
     x, y = batch(args)
-    ms = alternate_steps(build(model_name, [FP, *methods], args, x), x, y, args.warmup, args.repeats)
+    models = build(model_name, [FP, *methods], args, x)
+    ms = alternate_steps(models, x, y, args.warmup, args.repeats)
+    eval_x = batch(argparse.Namespace(**{**vars(args), "batch": args.eval_batch}))[0]
+    eval_ms = alternate_evaluations(models, eval_x, args.warmup, args.repeats // 2)
     fp_mib = child_peak_mib(model_name, FP, args)
-    return [Row(model_name, m, ms[FP], ms[m], fp_mib, child_peak_mib(model_name, m, args)) for m in methods]
+    return [Row(model_name, m, ms[FP], ms[m], eval_ms[FP], eval_ms[m], fp_mib, child_peak_mib(model_name, m, args))
+            for m in methods]
 
 
 def table(rows: list[Row], bits: int) -> str:
-    """The rows as a Markdown table: times, their ratio, peak RSS and its difference."""
-    lines = ["| model | method | FP ms | QAT ms | ratio | peak RSS FP MiB | QAT MiB | Δ MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    """The rows as a Markdown table: step times and their ratio, evaluation times and theirs, peak RSS
+    and its difference."""
+    lines = ["| model | method | FP ms | QAT ms | ratio | eval FP ms | eval QAT ms | eval ratio "
+             "| peak RSS FP MiB | QAT MiB | Δ MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.model} | {r.method} W{bits}A{bits} | {r.fp_ms:.1f} | {r.qat_ms:.1f} | "
-                     f"{r.qat_ms / r.fp_ms:.2f}x | {r.fp_mib:.0f} | {r.qat_mib:.0f} | {r.qat_mib - r.fp_mib:+.0f} |")
+                     f"{r.qat_ms / r.fp_ms:.2f}x | {r.fp_eval_ms:.1f} | {r.qat_eval_ms:.1f} | "
+                     f"{r.qat_eval_ms / r.fp_eval_ms:.2f}x | {r.fp_mib:.0f} | {r.qat_mib:.0f} | "
+                     f"{r.qat_mib - r.fp_mib:+.0f} |")
     return "\n".join(lines)
 
 
@@ -220,7 +253,8 @@ def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
             f"{'contiguous' if args.no_channels_last else 'channels_last'}, "
             f"quantizer kernels {'eager' if args.eager else 'compiled'}, edge layers at 8 bits; "
             f"step times: median of {args.repeats} rounds after {args.warmup} warm-up rounds, each round one step "
-            f"of the model's FP network (one FP column per model) and of each method's in turn; "
+            f"of the model's FP network (one FP column per model) and of each method's in turn; evaluation: "
+            f"median of {args.repeats // 2} rounds of one batch of {args.eval_batch} without gradients; "
             f"peak RSS: one fresh process per cell after {args.memory_steps} steps. {brevitas_note}")
 
 
