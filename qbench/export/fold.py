@@ -53,7 +53,7 @@ def _plain_layer(layer: nn.Module) -> nn.Module:
     return plain
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
+def float_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with each quantized layer replaced by the float layer it extends."""
     model = copy.deepcopy(model).cpu().eval()
     for name, module in list(model.named_modules()):
@@ -68,7 +68,7 @@ def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
     bias}) for every conv/linear layer. A BN is folded when it directly follows a conv that has
     no other user; each ``nn.ReLU`` call becomes a ``torch.relu`` node. Raises ``RuntimeError``
     when the model cannot be traced."""
-    plain = _plain_copy(model)
+    plain = float_copy(model)
     try:
         gm = fx.symbolic_trace(plain)
     except Exception as exc:
