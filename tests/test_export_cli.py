@@ -13,6 +13,7 @@ from qbench.export import cli
 from qbench.methods import create_method
 from qbench.models import create_model
 from qbench.report.records import read_record, write_record
+from qbench.report.table import render
 from qbench.sweep import Cell, prepare_cell
 
 
@@ -93,3 +94,14 @@ def test_unfinished_run_and_float_method(make_config, tmp_path, capsys):
     write_record({"run_id": fp.run_id, "status": "ok", "config": fp.cfg, "metrics": {"top1": 90.0}}, fp.record_path)
     assert "nothing is quantized" in fails([f"run={fp.run_id}", f"records_dir={fp.record_path.parent}"],
                                            tmp_path, capsys)
+
+
+def test_a_table_shows_integer_top1_beside_the_simulated_one():
+    spec = {"name": "demo", "title": "Demo", "paper": "none", "select": {"method.name": "lsq"},
+            "columns": {"W4A4": {"wbits": 4}}, "extra_columns": {"integer": {"field": "export.integer_top1"}},
+            "rows": [{"label": "ResNet-18", "select": {"model.name": "resnet18"}}]}
+    config = {"model": {"name": "resnet18"}, "method": {"name": "lsq"}, "wbits": 4, "abits": 4, "seed": 0}
+    record = {"status": "ok", "config": config, "metrics": {"top1": 89.5}, "fp": {"top1": 90.0},
+              "export": {"integer_top1": 89.47}}
+    text, _ = render(spec, [record])
+    assert "| W4A4 ours (Δ FP) | W4A4 integer |" in text and "| ResNet-18 | 89.50 (-0.50) | 89.47 |" in text

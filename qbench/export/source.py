@@ -107,6 +107,7 @@ def quantized_model(source: Source, calibration: Callable[[], list[torch.Tensor]
     method = create_method(cfg["method"])
     model = baseline_model(source.record, source.runs_dir)
     batches = calibration()
+    torch.manual_seed(cfg["seed"])
     plan = phases.plan_layers(model, cfg, method)
     model = phases.prepare(model, plan, method)
     phases.initialize(model, method, cfg, batches)
