@@ -66,8 +66,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads; int8 = torchao PT2E + Inductor (oneDNN int8 kernels)")
     for batch in args.batches:
         x = torch.randn(batch, 1, 28, 28)
-        inductor_config.freezing = True
-        with torch.no_grad():
+        with torch.no_grad(), inductor_config.patch(freezing=True):
             compiled = torch.compile(fp32)
             compiled(x)
         models = {"fp32 eager": fp32, "fp32 compiled": compiled, "int8": int8_model(quantized, x)}

@@ -134,8 +134,7 @@ def int8_model(model: nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """The converted model compiled by Inductor with freezing (oneDNN int8 kernels on x86);
     compiled on the first call, for ``example``'s shape."""
     converted = converted_model(model, example)
-    with torch.no_grad():
-        inductor_config.freezing = True
+    with torch.no_grad(), inductor_config.patch(freezing=True):
         compiled = torch.compile(converted)
         compiled(example)
     return compiled
