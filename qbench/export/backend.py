@@ -130,11 +130,28 @@ def converted_model(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphMo
     return convert_pt2e(prepared)
 
 
-def int8_model(model: nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """The converted model compiled by Inductor with freezing (oneDNN int8 kernels on x86);
-    compiled on the first call, for ``example``'s shape."""
+class FixedBatch(nn.Module):
+    """Runs a model compiled for one batch size on any smaller batch, padded with zeros (one
+    compiled graph: a second shape would recompile, outside the freezing the first one had)."""
+
+    def __init__(self, compiled: nn.Module, batch: int) -> None:
+        super().__init__()
+        self.compiled, self.batch = compiled, batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == self.batch:
+            return self.compiled(x)
+        if len(x) > self.batch:
+            return torch.cat([self(part) for part in x.split(self.batch)])
+        padding = x.new_zeros((self.batch - len(x), *x.shape[1:]))
+        return self.compiled(torch.cat([x, padding]))[: len(x)]
+
+
+def int8_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The converted model compiled by Inductor with freezing (oneDNN int8 kernels on x86),
+    for ``example``'s shape; other batch sizes run through :class:`FixedBatch`."""
     converted = converted_model(model, example)
     with torch.no_grad(), inductor_config.patch(freezing=True):
-        compiled = torch.compile(converted)
+        compiled = torch.compile(converted, dynamic=False)
         compiled(example)
-    return compiled
+    return FixedBatch(compiled, len(example))
