@@ -17,7 +17,7 @@ from qbench.report.table import render
 from qbench.sweep import Cell, prepare_cell
 
 
-def finished_run(make_config, *overrides: str, status: str = "ok") -> Cell:
+def finished_run(make_config, *overrides: str) -> Cell:
     """A run's checkpoint (quantizers initialised on a random batch) and its record, as
     :func:`qbench.run.run` leaves them, without training."""
     cell = prepare_cell(make_config("model=resnet18", *overrides))
@@ -30,7 +30,7 @@ def finished_run(make_config, *overrides: str, status: str = "ok") -> Cell:
     cell.run_dir.mkdir(parents=True)
     save_training(cell.checkpoint, model, torch.optim.SGD(model.parameters(), lr=0.1), 1,
                   checkpoint_meta(cfg, cell.run_id, plan))
-    write_record({"run_id": cell.run_id, "status": status, "config": cfg, "metrics": {"top1": 10.0}},
+    write_record({"run_id": cell.run_id, "status": "ok", "config": cfg, "metrics": {"top1": 10.0}},
                  cell.record_path)
     return cell
 
@@ -83,13 +83,14 @@ def test_bad_runs_and_checkpoints(make_config, tmp_path, capsys):
     assert "is not allowed" in fails([f"run={cell.run_id}", "bogus=1"], tmp_path, capsys)
     cell.checkpoint.rename(tmp_path / "moved.pt")
     assert "has no checkpoint" in fails([f"run={cell.run_id}", records], tmp_path, capsys)
-
-
-def test_unfinished_run_and_float_method(make_config, tmp_path, capsys):
-    cell = finished_run(make_config, "method=lsq", "bits=4", status="failed")
+    (tmp_path / "moved.pt").rename(cell.checkpoint)
+    write_record({**read_record(cell.record_path), "status": "failed"}, cell.record_path)
     assert "is not finished" in fails([f"checkpoint={cell.checkpoint}"], tmp_path, capsys)
     cell.record_path.unlink()
     assert "has no record" in fails([f"checkpoint={cell.checkpoint}"], tmp_path, capsys)
+
+
+def test_float_method_has_nothing_to_export(make_config, tmp_path, capsys):
     fp = prepare_cell(make_config("method=fp"))
     write_record({"run_id": fp.run_id, "status": "ok", "config": fp.cfg, "metrics": {"top1": 90.0}}, fp.record_path)
     assert "nothing is quantized" in fails([f"run={fp.run_id}", f"records_dir={fp.record_path.parent}"],
