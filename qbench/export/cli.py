@@ -96,8 +96,8 @@ def export(args: dict) -> tuple[dict, Path]:
     models = {"simulated": model, "integer": integer_reference(model, example)}
     backend: dict = {"name": BACKEND, "torchao": _torchao_version()}
     if args["backend"]:
-        try:
-            from qbench.export.backend import int8_model  # imports torchao: its absence is recorded
+        try:  # the import needs torchao: its absence is recorded, not a crash
+            from qbench.export.backend import int8_model
             models["int8"] = int8_model(model, example)
         except (ImportError, RuntimeError, AssertionError, NotImplementedError, ValueError, TypeError) as exc:
             backend["error"] = first_line(exc)  # the backend's own failure is a result to record
