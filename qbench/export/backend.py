@@ -78,6 +78,8 @@ def deploy_model(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModul
         deploy = DeployLayer(gm.get_submodule(name), form, shapes[name])
         gm.delete_submodule(name)
         gm.add_submodule(name, deploy)
+    for node in gm.graph.nodes:  # the trace's module types are stale: torch.export records its own
+        node.meta.pop("nn_module_stack", None)
     gm.recompile()
     return gm.eval(), forms
 
