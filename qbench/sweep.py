@@ -13,11 +13,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
+from qbench.cost import estimate
 from qbench.identity import run_id
 from qbench.methods import Method, create_method
-from qbench.models import create_model
+from qbench.models import create_model, mismatch, read_state_dict
 from qbench.quant.convert import quantizable_layers
 from qbench.report.records import read_record
 from qbench.validate import ConfigError, validate
@@ -49,6 +50,7 @@ def prepare_cell(cfg: dict) -> Cell:
     validate(cfg)
     method = create_method(cfg["method"])
     check_skip_layers(cfg)
+    check_weights(cfg)
     cfg = {**cfg, "method": method.options()}
     rid = run_id(cfg)
     return Cell(cfg, method, rid, Path(cfg["paths"]["records_dir"]) / f"{rid}.json",
@@ -66,6 +68,19 @@ def check_skip_layers(cfg: dict) -> None:
     if unknown:
         raise ConfigError(f"quant.skip_layers names {unknown[0]!r}, which is not a conv/linear layer of "
                           f"{cfg['model']['name']}; its layers: {', '.join(layers[:6])}, ...")
+
+
+def check_weights(cfg: dict) -> None:
+    """``model.weights`` must load strictly into the model the run builds (its classes and input
+    channels), so that a file for another network stops the run before anything is written."""
+    weights = cfg["model"]["weights"]
+    if not weights:
+        return
+    ds = cfg["dataset"]
+    problem = mismatch(create_model(cfg["model"]["name"], ds["num_classes"], ds["in_chans"]), read_state_dict(weights))
+    if problem:
+        raise ConfigError(f"model.weights={weights} does not match {cfg['model']['name']} with "
+                          f"{ds['num_classes']} classes and {ds['in_chans']} input channels: {problem}")
 
 
 def previous_record(cell: Cell) -> tuple[dict | None, str | None]:
@@ -95,9 +110,12 @@ def cell_state(cell: Cell) -> tuple[str, str]:
 
 
 def dry_run_line(cell: Cell) -> str:
-    """One line for ``dry_run=true``: run id, state, what the cell is, detail."""
+    """One line for ``dry_run=true``: run id, state, what the cell is, detail, and for an ImageNet
+    cell its estimated GPU-hours (:mod:`qbench.cost`)."""
     state, detail = cell_state(cell)
-    return f"dry run: {cell.run_id} {state:<8} {cell.label()}" + (f" ({detail})" if detail else "")
+    cost = estimate(cell.cfg)
+    return (f"dry run: {cell.run_id} {state:<8} {cell.label()}" + (f" ({detail})" if detail else "")
+            + (f" [{cost.describe()}]" if cost else ""))
 
 
 def set_aside(path: Path) -> Path:
@@ -125,9 +143,28 @@ def sweep_cells(overrides: list[str], conf_dir: Path, multirun: bool = True) -> 
 
 def compose_cell(overrides: list[str], conf_dir: Path) -> dict:
     """The resolved config of one cell (plain dict, Hydra's own settings left out)."""
+    return compose_with_choices(overrides, conf_dir)[0]
+
+
+def compose_with_choices(overrides: list[str], conf_dir: Path) -> tuple[dict, dict[str, str | None]]:
+    """:func:`compose_cell` and the cell's config-group choices (``{"protocol": "paper", ...}``),
+    which select defaults but are no keys of the config."""
     with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), choices
+
+
+def check_protocol(cfg: dict, protocol: str | None) -> None:
+    """Under ``protocol=paper`` (``conf/protocol/paper.yaml``) every cell starts from pretrained
+    weights with a paper recipe: a recipe that trains an FP baseline (a proxy recipe, set on the
+    command line or swept by the experiment, e.g. ``finetune_length``) is a :class:`ConfigError`."""
+    recipe = cfg["recipe"]
+    if protocol == "paper" and recipe.get("fp") is not None:
+        raise ConfigError(f"protocol=paper runs the papers' recipes, but recipe {recipe['name']} is a proxy "
+                          "recipe (it trains an FP baseline): leave the recipe to the protocol")
 
 
 def check_sweep(overrides: list[str], conf_dir: Path, multirun: bool = True) -> list[Cell]:
@@ -138,7 +175,9 @@ def check_sweep(overrides: list[str], conf_dir: Path, multirun: bool = True) -> 
     all_overrides = sweep_cells(overrides, conf_dir, multirun)
     for cell_overrides in all_overrides:
         try:
-            cells.append(prepare_cell(compose_cell(cell_overrides, conf_dir)))
+            cfg, choices = compose_with_choices(cell_overrides, conf_dir)
+            check_protocol(cfg, choices.get("protocol"))
+            cells.append(prepare_cell(cfg))
         except ConfigError as exc:
             if not multirun:
                 raise

@@ -1,0 +1,162 @@
+"""The protocol switch (``conf/protocol/``): the proxy protocol leaves every cell's config, and so
+its run id, as it was before the switch existed; the paper protocol composes and validates for
+every table, refuses proxy recipes, and runs one cell of each table end to end on a tiny ImageFolder
+with a saved state dict as its pretrained weights."""
+from __future__ import annotations
+
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from qbench.cli import CONF_DIR
+from qbench.models import create_model
+from qbench.run import run
+from qbench.sweep import check_sweep, compose_cell, prepare_cell, sweep_cells
+from qbench.validate import ConfigError
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+PROXY_ONLY = {"finetune_length"}  # measures the proxy protocol itself: it sweeps proxy recipes
+# One published record (results/published/954496415f06.json) and the cell that made it.
+PUBLISHED = ("954496415f06", ["method=attention_round", "recipe=local", "calib.num_images=1024",
+                              "+ptq_row=attention_round", "model=resnet18", "wbits=4", "abits=8", "seed=1"])
+
+
+def without_protocol(conf: Path) -> Path:
+    """A copy of the config tree as it was before the protocol group: the two defaults lines of
+    ``config.yaml`` and the protocol-keyed FAQ recipe choice undone."""
+    shutil.copytree(CONF_DIR, conf)
+    config = conf / "config.yaml"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if "protocol" not in line))
+    for bits in (8, 4):
+        setting = conf / "faq_setting" / f"w{bits}a{bits}.yaml"
+        setting.write_text(setting.read_text().replace("faq_${protocol}_", "faq_local_"))
+    return conf
+
+
+@lru_cache(maxsize=None)
+def run_ids(conf: str, *overrides: str) -> list[str]:
+    """The run id of every cell of ``qbench -m <overrides>`` under the config tree ``conf``."""
+    return [prepare_cell(compose_cell(cell, Path(conf))).run_id for cell in sweep_cells(list(overrides), Path(conf))]
+
+
+@pytest.fixture(scope="module")
+def old_conf(tmp_path_factory) -> Path:
+    return without_protocol(tmp_path_factory.mktemp("conf") / "conf")
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_the_proxy_protocol_keeps_every_run_id(name, old_conf):
+    assert run_ids(str(CONF_DIR), f"experiment={name}") == run_ids(str(old_conf), f"experiment={name}")
+
+
+def test_protocol_proxy_is_the_default():
+    default = run_ids(str(CONF_DIR), "experiment=faq_table")
+    assert run_ids(str(CONF_DIR), "experiment=faq_table", "protocol=proxy") == default
+
+
+def test_a_published_record_keeps_its_run_id():
+    run_id, overrides = PUBLISHED
+    assert prepare_cell(compose_cell(overrides, CONF_DIR)).run_id == run_id
+    assert prepare_cell(compose_cell([*overrides, "protocol=proxy"], CONF_DIR)).run_id == run_id
+
+
+@pytest.fixture(scope="module")
+def empty_root(tmp_path_factory) -> Path:
+    """An ImageFolder root as validation sees it: train/ and val/."""
+    root = tmp_path_factory.mktemp("imagenet")
+    for split in ("train", "val"):
+        (root / split).mkdir()
+    return root
+
+
+@lru_cache(maxsize=None)
+def paper_cells(name: str, root: Path) -> list:
+    """The checked cells of ``experiment=name`` under the paper protocol (cached)."""
+    return check_sweep([f"experiment={name}", "protocol=paper", f"dataset.root={root}"], CONF_DIR)
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPERIMENTS) - PROXY_ONLY))
+def test_every_cell_of_the_paper_protocol_validates(name, empty_root):
+    cells = paper_cells(name, empty_root)
+    assert len({cell.run_id for cell in cells}) == len(cells) > 1
+    for cell in cells:
+        cfg = cell.cfg
+        assert cfg["dataset"]["name"] == "imagenet" and cfg["dataset"]["pretrained_fp"]
+        assert cfg["recipe"]["fp"] is None and "imagenet" in cfg["recipe"]["name"]
+
+
+def test_paper_recipes_by_method(empty_root):
+    assert {c.cfg["recipe"]["name"] for c in paper_cells("lsqplus_table2", empty_root)} == {"lsq_imagenet"}
+    apot = paper_cells("apot_resnet18", empty_root)[0].cfg
+    assert (apot["recipe"]["batch_size"], apot["recipe"]["qat"]["epochs"]) == (1024, 120)
+    assert (apot["method"]["alpha_lr_scale"], apot["method"]["alpha_weight_decay"]) == (0.1, 1e-4)
+    faq = {c.cfg["wbits"]: (c.cfg["recipe"]["name"], c.cfg["calib"]["num_images"])
+           for c in paper_cells("faq_table", empty_root)}
+    assert faq == {8: ("faq_imagenet_8bit", 2000), 4: ("faq_imagenet_4bit", 2000)}
+    ptq = paper_cells("attention_round_table", empty_root)
+    assert {(c.cfg["recipe"]["name"], c.cfg["calib"]["num_images"]) for c in ptq} == {("attention_round_imagenet", 1024)}
+
+
+def test_the_paper_protocol_refuses_a_proxy_recipe(empty_root):
+    with pytest.raises(ConfigError, match="protocol=paper runs the papers' recipes, but recipe local_150steps"):
+        check_sweep(["experiment=finetune_length", "protocol=paper", f"dataset.root={empty_root}"], CONF_DIR)
+
+
+def test_an_unknown_protocol_and_a_missing_root_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    for args, message in ((["protocol=papr"], "protocol"), (["protocol=paper"], "dataset.root must be set")):
+        out = subprocess.run([sys.executable, "-m", "qbench", "-m", "experiment=lsq_resnet18", *args,
+                              f"paths.runs_dir={tmp_path}/runs", f"paths.records_dir={tmp_path}/records"],
+                             capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "records").exists()
+
+
+CLASSES = 3
+SHRINK = ["dataset.train_limit=6", "dataset.val_limit=3", "dataset.num_classes=3", "dataset.workers=0",
+          "recipe.batch_size=3", "recipe.eval_batch_size=3", "recipe.qat.max_steps_per_epoch=2",
+          "calib.num_images=3", "runtime.device=cpu", "runtime.progress=false", "runtime.compile_quantizers=false"]
+# One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model): LSQ's
+# at the paper's 224 px, the others at 96 px crops of the same JPEGs, which keeps the test short.
+SMALL = ["dataset.image_size=96", "dataset.resize=110"]
+END_TO_END = {"lsq_resnet18": [], "lsqplus_table2": [*SMALL, "method.mse_steps=5"], "apot_resnet18": SMALL,
+              "faq_table": SMALL, "attention_round_table": [*SMALL, "method.epochs=1"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory) -> Path:
+    """A 224 px ImageFolder of JPEGs: 3 classes, 2 training and 1 validation images each."""
+    root = tmp_path_factory.mktemp("tiny_imagenet")
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 2), ("val", 1)):
+        for c in range(CLASSES):
+            folder = root / split / f"n0{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (240, 240, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(END_TO_END))
+def test_one_paper_cell_of_each_table_runs_end_to_end(name, tiny_imagenet, tmp_path):
+    first = sweep_cells([f"experiment={name}", "protocol=paper"], CONF_DIR)[0]
+    model = compose_cell([*first, f"dataset.root={tiny_imagenet}"], CONF_DIR)["model"]["name"]
+    weights = tmp_path / "weights.pt"
+    torch.save(create_model(model, CLASSES, 3).state_dict(), weights)
+    cfg = compose_cell([*first, f"dataset.root={tiny_imagenet}", f"model.weights={weights}", *SHRINK,
+                        *END_TO_END[name], f"paths.runs_dir={tmp_path}/runs",
+                        f"paths.records_dir={tmp_path}/records"], CONF_DIR)
+    cfg["recipe"]["qat"]["epochs"] = min(cfg["recipe"]["qat"]["epochs"], 1)
+    record = run(cfg)
+    assert record["status"] == "ok", record.get("error")
+    assert record["config"]["dataset"]["name"] == "imagenet" and record["config"]["recipe"]["fp"] is None
+    assert (tmp_path / "records" / f"{record['run_id']}.json").is_file()
