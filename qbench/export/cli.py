@@ -70,19 +70,24 @@ def dataset_config(source: Source, overrides: dict) -> dict:
     return dataset
 
 
+def run_data(cfg: dict) -> Data:
+    """The data of the run with config ``cfg`` (its calibration images and test set)."""
+    recipe = cfg["recipe"]
+    return build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"], cfg["calib"]["num_images"],
+                      cfg["calib"]["seed"], cfg["seed"])
+
+
 def export(args: dict) -> tuple[dict, Path]:
     """The run's record with its ``export`` section, and the record's path (not yet written)."""
     source = run_paths(args["run"], args["checkpoint"], args["runs_dir"], args["records_dir"])
     cfg = {**source.config, "runtime": {**source.config["runtime"], "device": "cpu", "channels_last": False}}
     settings_of(cfg)
     dataset = dataset_config(source, args["dataset"])
-    recipe = cfg["recipe"]
 
     @functools.cache
     def data() -> Data:
         """The run's data, loaded once, when first needed (never for a run without an integer form)."""
-        return build_data(dataset, recipe["batch_size"], recipe["eval_batch_size"], cfg["calib"]["num_images"],
-                          cfg["calib"]["seed"], cfg["seed"])
+        return run_data({**cfg, "dataset": dataset})
 
     model = quantized_model(source, lambda: data().calibration)
     try:
@@ -106,10 +111,11 @@ def export(args: dict) -> tuple[dict, Path]:
     measured = parity(models, val)
     replay = None
     if source.checkpoint is None:
-        replay = "not checked (dataset overrides)" if args["dataset"] else "top-1 equals the record's"
-        if not args["dataset"] and measured["simulated_top1"] != source.record["metrics"]["top1"]:
-            raise BadRun(f"the replayed model's top-1 {measured['simulated_top1']:.2f} differs from the record's "
+        own = measured if not args["dataset"] else parity({"simulated": model}, run_data(source.config).val)
+        if own["simulated_top1"] != source.record["metrics"]["top1"]:
+            raise BadRun(f"the replayed model's top-1 {own['simulated_top1']:.2f} differs from the record's "
                          f"{source.record['metrics']['top1']:.2f}; not exported")
+        replay = f"top-1 {own['simulated_top1']:.2f} on the run's test set equals the record's"
     record = dict(source.record)
     record["export"] = {
         "parity": measured, "size": model_size(model, forms), "backend": backend,
