@@ -12,7 +12,8 @@ each quantized layer holding exactly the simulated values: weights s_w·g·q_w (
 g folded; its sign goes into the codes so each channel's scale |s_w·g| is positive), its input
 shifted by −β (LSQ+: the grid becomes s·q with the integer zero point −n, Jacob et al. 2018 eq. 1)
 and clamped to the grid's range [n·s, p·s] when it has fewer than 256 levels (Inductor's fused
-int8 kernels requantize to the full uint8 range, not to the quantize op's [0, p − n]), and the offset term β·(W ∗ 1) added back after the layer. Only conv/linear inputs and weights are
+int8 kernels requantize to the full uint8 range, not to the quantize op's [0, p − n]), and the
+offset term β·(W ∗ 1) added back after the layer. Only conv/linear inputs and weights are
 quantized: the residual adds and pools stay float, as in qbench's simulation.
 """
 from __future__ import annotations

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc), PROG)
     write_record(record, path)
     p = record["export"]["parity"]
-    int8 = (f"int8 {p['int8_top1']:.2f} (agrees {p['int8_agreement']:.2f}%, max |Δlogit| {p['int8_max_logit_diff']:.3g})"
+    int8 = (f"int8 {p['int8_top1']:.2f} (agrees {p['int8_agreement']:.2f}%, "
+            f"max |Δlogit| {p['int8_max_logit_diff']:.3g})"
             if "int8_top1" in p else f"int8: {record['export']['backend']['error']}")
     size = record["export"]["size"]
     print(f"[{PROG}] run {record['run_id']}: simulated {p['simulated_top1']:.2f} | integer {p['integer_top1']:.2f} "

@@ -84,7 +84,8 @@ def baseline_model(record: dict, runs_dir: Path) -> nn.Module:
     directory = runs_dir / "baselines" / f"{cfg['model']['name']}-{cfg['dataset']['name']}-{fp['baseline_key']}"
     weights = directory / "model.pt"
     if not weights.is_file() or file_sha256(weights) != fp["weights_sha256"]:
-        raise BadRun(f"the run's FP baseline is not cached at {directory} (or its weights changed); the replay needs it")
+        raise BadRun(f"the run's FP baseline is not cached at {directory} (or its weights changed); "
+                     "the replay needs it")
     model = create_model(cfg["model"]["name"], cfg["dataset"]["num_classes"], cfg["dataset"]["in_chans"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
     return model.eval()
