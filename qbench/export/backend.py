@@ -64,7 +64,10 @@ class DeployLayer(nn.Module):
             x = x - self.offset
         if self.bounds is not None:
             x = torch.clamp(x, *self.bounds)
-        return self.op(x) + self.offset_term if self.offset else self.op(x)
+        if not self.offset:
+            return self.op(x)
+        y = self.op(x)
+        return y + self.offset_term.expand_as(y)  # full shape: Inductor's fused add mishandles a broadcast one
 
 
 def deploy_model(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, dict[str, LayerForm]]:
