@@ -132,23 +132,43 @@ class TensorBatches:
             yield x, self.labels[idx]
 
 
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a DataLoader reads (never what): worker processes, pinned host memory for faster copies
+    to the GPU, and whether the workers persist across epochs. Persistent workers save their start-up
+    each epoch, but their random crops then run on from epoch to epoch, so a run resumed after an
+    interruption sees other crops than an uninterrupted one; without them every epoch's crops follow
+    from (seed, epoch)."""
+
+    workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+
+
 class LoaderBatches:
     """Batches from a map-style dataset through a DataLoader, reshuffled per (seed, epoch)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int,
-                 workers: int, drop_last: bool = False) -> None:
+                 loader: LoaderSettings, drop_last: bool = False) -> None:
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
-        self.seed, self.workers, self.drop_last = seed, workers, drop_last
+        self.seed, self.settings, self.drop_last = seed, loader, drop_last
+        self.generator = torch.Generator()
+        self.persistent = loader.persistent_workers and loader.workers > 0
+        self.loader = self._loader() if self.persistent else None
 
     def __len__(self) -> int:
         n = len(self.dataset)  # type: ignore[arg-type]
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def _loader(self) -> DataLoader:
+        s = self.settings
+        return DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=self.generator,
+                          num_workers=s.workers, drop_last=self.drop_last, pin_memory=s.pin_memory,
+                          persistent_workers=self.persistent)
+
     def batches(self, epoch: int) -> Iterator[Batch]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        yield from DataLoader(self.dataset, self.batch_size, shuffle=self.shuffle, generator=gen,
-                              num_workers=self.workers, drop_last=self.drop_last,
-                              persistent_workers=False)
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        yield from self.loader if self.loader is not None else self._loader()
 
 
 def calibration_indices(num_train: int, num_images: int, seed: int) -> torch.Tensor:
@@ -195,12 +215,12 @@ def _build_imagefolder(ds: dict, batch_size: int, eval_batch_size: int, calib_im
     ntr, nva = _limit(len(train_set), ds.get("train_limit")), _limit(len(val_set), ds.get("val_limit"))
     train_set = Subset(train_set, range(ntr))
     val_set = Subset(val_set, range(nva))
-    workers = ds.get("workers", 8)
-    train = LoaderBatches(train_set, batch_size, True, seed, workers, drop_last=True)
-    val = LoaderBatches(val_set, eval_batch_size, False, seed, workers)
+    loader = LoaderSettings(ds.get("workers", 8), ds.get("pin_memory", False), ds.get("persistent_workers", False))
+    train = LoaderBatches(train_set, batch_size, True, seed, loader, drop_last=True)
+    val = LoaderBatches(val_set, eval_batch_size, False, seed, loader)
     calib_set = Subset(datasets.ImageFolder(str(root / "train"), eval_tf),
                        calibration_indices(ntr, calib_images, calib_seed).tolist())
-    calibration = [x for x, _ in DataLoader(calib_set, batch_size, num_workers=workers)]
+    calibration = [x for x, _ in DataLoader(calib_set, batch_size, num_workers=loader.workers)]
     return Data(train, val, calibration, ds["num_classes"], ds["in_chans"])
 
 

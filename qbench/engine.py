@@ -27,6 +27,12 @@ class Diverged(RuntimeError):
 
 SCHEDULES = ("cosine", "onecycle", "step", "exponential", "constant")
 OPTIMIZERS = ("sgd", "adamw")
+# recipe.qat.mixed_precision (absent or null: float32 throughout, the default). bf16 runs convs and
+# matmuls under torch.autocast in bfloat16: faster on GPUs with bf16 units, but the fake quantizers
+# then see bfloat16 inputs (8 significant bits), so values near a grid level's rounding boundary can
+# round the other way and the numbers are no longer the float32 fake-quant numerics the papers'
+# simulations use; the weights, optimizer and quantizer parameters stay float32.
+MIXED_PRECISION = {"bf16": torch.bfloat16}
 
 
 def lr_multiplier(step: int, steps_per_epoch: int, recipe: dict) -> float:
@@ -155,9 +161,17 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
     :class:`CheckpointError` on a checkpoint it cannot resume from.
 
     Under torchrun (``world``): DDP over the ranks, each taking its slice of every global batch;
-    only rank 0 shows progress and writes the checkpoint (:mod:`qbench.distributed`)."""
+    only rank 0 shows progress and writes the checkpoint (:mod:`qbench.distributed`). Where the
+    recipe sets ``sync_batchnorm`` (CUDA), the model's batch norm layers become ``SyncBatchNorm``
+    in place, so their batch statistics span the whole global batch, as one GPU would see it.
+    ``mixed_precision`` (:data:`MIXED_PRECISION`) runs the forward pass under autocast."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
+    if recipe.get("sync_batchnorm") and world.parallel:
+        if settings.device.type != "cuda":
+            raise ValueError("recipe.qat.sync_batchnorm needs CUDA devices (SyncBatchNorm has no CPU kernel)")
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters and buffers, replaced in place
+    autocast_dtype = MIXED_PRECISION.get(recipe.get("mixed_precision"))
     optimizer = build_optimizer(model, recipe)
     steps_per_epoch = len(train_batches)
     if recipe.get("max_steps_per_epoch"):
@@ -187,7 +201,8 @@ def train(model: nn.Module, train_batches: BatchSource, recipe: dict, run_dir: P
                 g["lr"] = recipe["lr"] * m * g["lr_scale"]
             x, y = rank_slice(x, y, world)
             x, y = _to_device(x, settings.device, settings.channels_last), y.to(settings.device)
-            loss = F.cross_entropy(net(x), y)
+            with torch.autocast(settings.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = F.cross_entropy(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_norm:

@@ -6,7 +6,8 @@ import json
 
 # Top-level keys that say how or where to run, never what is computed.
 NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits", "dry_run", "retries")
-DATASET_LOCATION_KEYS = ("root", "workers")
+# Dataset keys that say where and how the data is read (ImageFolder root, DataLoader settings), not what.
+DATASET_LOCATION_KEYS = ("root", "workers", "pin_memory", "persistent_workers")
 
 
 def config_hash(obj: object, length: int = 12) -> str:

@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from qbench.cost import estimate
+from qbench.engine import MIXED_PRECISION
 from qbench.identity import run_id
 from qbench.methods import Method, create_method
 from qbench.models import create_model, mismatch, read_state_dict
@@ -51,6 +52,7 @@ def prepare_cell(cfg: dict) -> Cell:
     method = create_method(cfg["method"])
     check_skip_layers(cfg)
     check_weights(cfg)
+    check_training(cfg["recipe"])
     cfg = {**cfg, "method": method.options()}
     rid = run_id(cfg)
     return Cell(cfg, method, rid, Path(cfg["paths"]["records_dir"]) / f"{rid}.json",
@@ -68,6 +70,17 @@ def check_skip_layers(cfg: dict) -> None:
     if unknown:
         raise ConfigError(f"quant.skip_layers names {unknown[0]!r}, which is not a conv/linear layer of "
                           f"{cfg['model']['name']}; its layers: {', '.join(layers[:6])}, ...")
+
+
+def check_training(recipe: dict) -> None:
+    """The recipe's optional fine-tuning fields: ``sync_batchnorm`` (true / false) and
+    ``mixed_precision`` (null or a key of :data:`qbench.engine.MIXED_PRECISION`)."""
+    qat = recipe.get("qat") or {}
+    if not isinstance(qat.get("sync_batchnorm", False), bool):
+        raise ConfigError(f"recipe.qat.sync_batchnorm={qat['sync_batchnorm']!r} is not allowed; use true or false")
+    if qat.get("mixed_precision") not in (None, *MIXED_PRECISION):
+        raise ConfigError(f"recipe.qat.mixed_precision={qat['mixed_precision']!r} is not allowed; "
+                          f"use null (float32) or {', '.join(MIXED_PRECISION)}")
 
 
 def check_weights(cfg: dict) -> None:

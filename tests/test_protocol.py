@@ -122,6 +122,7 @@ def test_an_unknown_protocol_and_a_missing_root_are_one_line(tmp_path):
 
 CLASSES = 3
 SHRINK = ["dataset.train_limit=6", "dataset.val_limit=3", "dataset.num_classes=3", "dataset.workers=0",
+          "dataset.pin_memory=false",
           "recipe.batch_size=3", "recipe.eval_batch_size=3", "recipe.qat.max_steps_per_epoch=2",
           "calib.num_images=3", "runtime.device=cpu", "runtime.progress=false", "runtime.compile_quantizers=false"]
 # One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model): LSQ's
