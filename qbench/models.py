@@ -43,7 +43,8 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 # ResNet18 69.76%, MobileNetV2 71.88%; torchvision's DEFAULT for MobileNetV2 is the later V2 recipe,
 # 72.15%) and timm's EfficientNet-B0 / MixNet-S (MixNet-S exists only in timm).
 register_model(ModelSpec("resnet18", "torchvision", "resnet18", "conv1", "fc", "IMAGENET1K_V1"))
-register_model(ModelSpec("mobilenet_v2", "torchvision", "mobilenet_v2", "features.0.0", "classifier.1", "IMAGENET1K_V1"))
+register_model(ModelSpec("mobilenet_v2", "torchvision", "mobilenet_v2", "features.0.0", "classifier.1",
+                         "IMAGENET1K_V1"))
 register_model(ModelSpec("efficientnet_b0", "timm", "efficientnet_b0", "conv_stem", "classifier", "ra_in1k"))
 register_model(ModelSpec("mixnet_s", "timm", "mixnet_s", "conv_stem", "classifier", "ft_in1k"))
 

@@ -99,7 +99,8 @@ def test_paper_recipes_by_method(empty_root):
            for c in paper_cells("faq_table", empty_root)}
     assert faq == {8: ("faq_imagenet_8bit", 2000), 4: ("faq_imagenet_4bit", 2000)}
     ptq = paper_cells("attention_round_table", empty_root)
-    assert {(c.cfg["recipe"]["name"], c.cfg["calib"]["num_images"]) for c in ptq} == {("attention_round_imagenet", 1024)}
+    recipes = {(c.cfg["recipe"]["name"], c.cfg["calib"]["num_images"]) for c in ptq}
+    assert recipes == {("attention_round_imagenet", 1024)}
 
 
 def test_the_paper_protocol_refuses_a_proxy_recipe(empty_root):
