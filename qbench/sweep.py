@@ -170,6 +170,16 @@ def compose_with_choices(overrides: list[str], conf_dir: Path) -> tuple[dict, di
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True), choices
 
 
+def check_protocol_choice(overrides: list[str], conf_dir: Path) -> None:
+    """A ``protocol=NAME`` override must name a file of ``conf/protocol/``."""
+    allowed = sorted(p.stem for p in (conf_dir / "protocol").glob("*.yaml"))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        unknown = [v for v in value.split(",") if v not in allowed]
+        if key == "protocol" and unknown:
+            raise ConfigError(f"protocol={unknown[0]} is unknown; allowed: {', '.join(allowed)}")
+
+
 def check_protocol(cfg: dict, protocol: str | None) -> None:
     """Under ``protocol=paper`` (``conf/protocol/paper.yaml``) every cell starts from pretrained
     weights with a paper recipe: a recipe that trains an FP baseline (a proxy recipe, set on the
@@ -184,6 +194,7 @@ def check_sweep(overrides: list[str], conf_dir: Path, multirun: bool = True) -> 
     """Every cell of the (multi)run, validated with its method built (:func:`prepare_cell`),
     before any of them runs; a bad cell is a :class:`ConfigError` that names it, so a typo in
     an experiment file stops the sweep with nothing written instead of skipping the cell."""
+    check_protocol_choice(overrides, conf_dir)
     cells = []
     all_overrides = sweep_cells(overrides, conf_dir, multirun)
     for cell_overrides in all_overrides:

@@ -112,7 +112,8 @@ def test_an_unknown_protocol_and_a_missing_root_are_one_line(tmp_path):
     import subprocess
     import sys
 
-    for args, message in ((["protocol=papr"], "protocol"), (["protocol=paper"], "dataset.root must be set")):
+    for args, message in ((["protocol=papr"], "protocol=papr is unknown; allowed: paper, proxy"),
+                          (["protocol=paper"], "dataset.root must be set")):
         out = subprocess.run([sys.executable, "-m", "qbench", "-m", "experiment=lsq_resnet18", *args,
                               f"paths.runs_dir={tmp_path}/runs", f"paths.records_dir={tmp_path}/records"],
                              capture_output=True, text=True)
