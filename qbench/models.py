@@ -8,6 +8,7 @@ epoch near a minute. A stride-1 stem would cost ~2.6× per step.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def pretrained_name(name: str) -> str:
 
 
 # Where checkpoint files keep the network's weights: timm's train.py writes ``state_dict`` (and
-# ``state_dict_ema``), torchvision's reference scripts and qbench's own checkpoints ``model``.
+# ``state_dict_ema``), torchvision's reference scripts and qbench's own checkpoints ``model``; both
+# scripts also save their command line as an ``argparse.Namespace``, which loading admits.
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
 DDP_PREFIX = "module."
 
@@ -121,7 +123,8 @@ def read_state_dict(path: str | Path) -> dict:
     if not path.is_file():
         raise ValueError(f"model.weights: file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # the training scripts' saved args
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged file
         raise ValueError(f"model.weights: {path} is not a readable PyTorch state dict ({type(exc).__name__})") from None
     if isinstance(state, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from argparse import Namespace
 
 import pytest
 import torch
@@ -19,8 +20,8 @@ def source():
 
 @pytest.mark.parametrize("wrap", [
     lambda sd: sd,                                                   # torch.save(model.state_dict())
-    lambda sd: {"state_dict": sd, "epoch": 90, "arch": "resnet18"},  # timm train.py
-    lambda sd: {"model": sd, "optimizer": {"state": {}}, "epoch": 3},  # torchvision references
+    lambda sd: {"state_dict": sd, "epoch": 90, "arch": "resnet18", "args": Namespace(lr=0.1)},  # timm train.py
+    lambda sd: {"model": sd, "optimizer": {"state": {}}, "epoch": 3, "args": Namespace(lr=0.1)},  # torchvision
     lambda sd: {"module." + k: v for k, v in sd.items()},             # saved from DistributedDataParallel
 ], ids=["plain", "timm", "torchvision", "ddp"])
 def test_a_checkpoint_file_loads_strictly(wrap, source, tmp_path):
