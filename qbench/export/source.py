@@ -3,8 +3,9 @@
 A run that fine-tunes (LSQ, LSQ+, FAQ) leaves a checkpoint, which holds everything
 (:func:`qbench.evaluate.rebuild`). A post-training run (round-to-nearest, Attention Round)
 leaves none: its model is replayed from the cached FP baseline with the phases the run used
-(plan → prepare → initialise on the same calibration images → finalise), which is deterministic
-on the CPU, and the replay must reproduce the record's top-1 exactly before it is exported.
+(plan → prepare → initialise on the same calibration images → finalise), in the run's order of
+random draws and memory format, and the replay must reproduce the record's top-1 exactly on the
+run's test set before it is exported (a run on another device or thread count may not).
 """
 from __future__ import annotations
 
@@ -106,9 +107,11 @@ def quantized_model(source: Source, calibration: Callable[[], list[torch.Tensor]
         return model
     cfg = source.config
     method = create_method(cfg["method"])
-    model = baseline_model(source.record, source.runs_dir)
+    torch.manual_seed(cfg["seed"])  # the run's order: seed, data, baseline model, phases
     batches = calibration()
-    torch.manual_seed(cfg["seed"])
+    model = baseline_model(source.record, source.runs_dir)
+    if cfg["runtime"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     plan = phases.plan_layers(model, cfg, method)
     model = phases.prepare(model, plan, method)
     phases.initialize(model, method, cfg, batches)
