@@ -128,8 +128,8 @@ SHRINK = ["dataset.train_limit=6", "dataset.val_limit=3", "dataset.num_classes=3
           "recipe.batch_size=3", "recipe.eval_batch_size=3", "recipe.qat.max_steps_per_epoch=2",
           "calib.num_images=3", "runtime.device=cpu", "runtime.progress=false", "runtime.compile_quantizers=false"]
 # One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model): LSQ's
-# at the paper's 224 px, the others at 96 px crops of the same JPEGs, which keeps the test short.
-SMALL = ["dataset.image_size=96", "dataset.resize=110"]
+# at the paper's 224 px, the others at 64 px crops of the same JPEGs, which keeps the test short.
+SMALL = ["dataset.image_size=64", "dataset.resize=73"]
 END_TO_END = {"lsq_resnet18": [], "lsqplus_table2": [*SMALL, "method.mse_steps=5"], "apot_resnet18": SMALL,
               "faq_table": SMALL, "attention_round_table": [*SMALL, "method.epochs=1"]}
 
