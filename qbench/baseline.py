@@ -23,7 +23,7 @@ from qbench.checkpoint import save_atomic
 from qbench.data import Data
 from qbench.engine import TrainSettings, evaluate, train
 from qbench.identity import baseline_config, config_hash
-from qbench.models import create_model, load_weights
+from qbench.models import create_model, load_weights, pretrained_name
 from qbench.validate import ConfigError
 
 
@@ -56,6 +56,17 @@ def _build(cfg: dict, data: Data) -> nn.Module:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return model
+
+
+def fp_source(cfg: dict) -> str:
+    """Where the FP weights come from, as the record names them: ``trained`` (``recipe.fp`` from
+    scratch), ``file:PATH`` (``model.weights``) or the library's pretrained weights by name
+    (e.g. ``torchvision:ResNet18_Weights.IMAGENET1K_V1``)."""
+    if cfg["model"]["weights"]:
+        return f"file:{cfg['model']['weights']}"
+    if cfg["dataset"]["pretrained_fp"]:
+        return pretrained_name(cfg["model"]["name"])
+    return "trained"
 
 
 def fp_recipe(cfg: dict) -> dict:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from qbench import phases
-from qbench.baseline import get_baseline
+from qbench.baseline import fp_source, get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta
 from qbench.data import build_data
 from qbench.distributed import current_world, init_world, rank_device
@@ -218,7 +218,8 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
         "status": status,
         "config": cfg,
         "metrics": metrics,
-        "fp": {**baseline.metrics, "baseline_key": baseline.key, "weights_sha256": baseline.weights_sha256},
+        "fp": {**baseline.metrics, "baseline_key": baseline.key, "weights_sha256": baseline.weights_sha256,
+               "source": fp_source(cfg)},
         "seed": cfg["seed"],
         "attempts": attempt,
         "wall_time_s": round(time.time() - started, 1),

@@ -23,7 +23,7 @@ def test_every_model_and_method_end_to_end(make_config, model, method):
     assert record["status"] == "ok"
     assert 0.0 <= record["metrics"]["top1"] <= 100.0
     assert record["metrics"]["top5"] >= record["metrics"]["top1"]
-    assert len(record["fp"]["weights_sha256"]) == 64
+    assert len(record["fp"]["weights_sha256"]) == 64 and record["fp"]["source"] == "trained"
     saved = json.loads((Path(cfg["paths"]["records_dir"]) / f"{record['run_id']}.json").read_text())
     assert saved["metrics"] == record["metrics"]
     for key in ("versions", "git", "seed", "wall_time_s", "config", "host", "device"):

@@ -10,6 +10,7 @@ from argparse import Namespace
 import pytest
 import torch
 
+from qbench.baseline import fp_source
 from qbench.models import create_model, load_weights, pretrained_name, read_state_dict
 
 
@@ -62,3 +63,13 @@ def test_pretrained_weights_are_the_papers():
     assert pretrained_name("mobilenet_v2") == "torchvision:MobileNet_V2_Weights.IMAGENET1K_V1"
     assert pretrained_name("efficientnet_b0") == "timm:efficientnet_b0.ra_in1k"
     assert pretrained_name("mixnet_s") == "timm:mixnet_s.ft_in1k"
+
+
+@pytest.mark.parametrize("weights, pretrained, want", [
+    (None, False, "trained"),
+    ("/ckpt/resnet18.pth", True, "file:/ckpt/resnet18.pth"),
+    (None, True, "torchvision:ResNet18_Weights.IMAGENET1K_V1"),
+])
+def test_the_record_names_where_the_fp_weights_come_from(weights, pretrained, want):
+    cfg = {"model": {"name": "resnet18", "weights": weights}, "dataset": {"pretrained_fp": pretrained}}
+    assert fp_source(cfg) == want
