@@ -70,6 +70,16 @@ def save_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
                  "meta": meta}, path)
 
 
+def load_model_state(path: Path, model: nn.Module) -> None:
+    """Load the model state of the checkpoint at ``path`` strictly (another run's final state as
+    this run's start); raises :class:`CheckpointError` when it does not fit."""
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(path, f"does not match this run ({mismatch_reason(exc)})") from None
+
+
 def restore_training(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Load model (strictly: a missing or extra key is an error), optimizer and random-number
     state from the training checkpoint at ``path``; returns the epoch to continue from."""

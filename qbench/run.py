@@ -12,7 +12,7 @@ import torch
 
 from qbench import phases
 from qbench.baseline import fp_source, get_baseline
-from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta
+from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta, load_model_state
 from qbench.data import build_data
 from qbench.distributed import current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
@@ -22,7 +22,7 @@ from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
-from qbench.sweep import Cell, dry_run_line, prepare_cell, previous_record, set_aside
+from qbench.sweep import Cell, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record, set_aside
 from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer
 from qbench.validate import ConfigError
 
@@ -153,6 +153,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     errors found on the way (data, weights file) are :class:`ConfigError`; a NaN loss gives a
     ``diverged`` record."""
     cfg, method, rid = cell.cfg, cell.method, cell.run_id
+    start_from = predecessor_checkpoint(cell)
     settings = settings_of(cfg)
     world = init_world(settings.device)
     settings = replace(settings, device=rank_device(settings.device, world))
@@ -181,6 +182,13 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     try:
         if method.quantizes:
             model, plan = quantize(model, method, cfg, calibration, settings, writer, resuming)
+            if start_from is not None:
+                extra["started_from"] = start_from[0]
+                if not resuming:
+                    try:
+                        load_model_state(start_from[1], model)
+                    except CheckpointError as exc:  # the other run's file: never set aside here
+                        raise ConfigError(str(exc)) from None
             extra["layer_precision"] = {name: [p.weight_bits, p.input_bits] for name, p in plan.items()}
             extra["signed_data_inputs"] = sorted(name for name, p in plan.items() if p.input_signed)
         else:

@@ -59,6 +59,21 @@ def prepare_cell(cfg: dict) -> Cell:
                 Path(cfg["paths"]["runs_dir"]) / "runs" / rid)
 
 
+def predecessor_checkpoint(cell: Cell) -> tuple[str, Path] | None:
+    """The run id and final checkpoint of the finished run this cell starts from
+    (:meth:`~qbench.methods.Method.predecessor`), ``None`` if it starts from the FP baseline;
+    raises :class:`ConfigError` while that run has not finished."""
+    wanted = cell.method.predecessor(cell.cfg)
+    if wanted is None:
+        return None
+    before = prepare_cell(wanted)
+    record, _ = previous_record(before)
+    if record is None or record["status"] != "ok" or not before.checkpoint.is_file():
+        raise ConfigError(f"run {cell.run_id} ({cell.label()}) starts from run {before.run_id} "
+                          f"({before.label()}), which has not finished: run that first")
+    return before.run_id, before.checkpoint
+
+
 def check_skip_layers(cfg: dict) -> None:
     """Every name in ``quant.skip_layers`` must be a conv/linear layer of the model."""
     skip = cfg["quant"]["skip_layers"]

@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from qbench.checkpoint import load_model_state
 from qbench.methods import METHODS
 from qbench.models import MODELS
 from qbench.run import qat_recipe, run
+from qbench.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHRINK = {"adaround": ["method.iterations=2"]}  # methods whose defaults are too long for a smoke test
@@ -141,3 +144,25 @@ def test_identity_uses_the_options_as_the_method_resolves_them(make_config):
 
     assert rid("method.config=4") == rid("method.config=4", "method.offset=learned", "method.act_signed=false")
     assert rid("method.config=4") != rid("method.config=3")
+
+
+def test_the_progressive_apot_chain_starts_each_bit_width_from_the_wider_run(make_config, monkeypatch):
+    chain = ["method=apot", "method.progressive_from=3", "recipe=local_short_bn"]
+    with pytest.raises(ConfigError, match="which has not finished: run that first"):
+        run(make_config(*chain, "bits=2"))
+    wider = run(make_config(*chain, "bits=3"))
+    assert wider["status"] == "ok" and "started_from" not in wider
+    wider_state = torch.load(Path(make_config()["paths"]["runs_dir"]) / "runs" / wider["run_id"] / "checkpoint.pt",
+                             weights_only=True)["model"]
+    loaded = []
+
+    def spy(path, model):
+        load_model_state(path, model)
+        loaded.append({k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
+
+    monkeypatch.setattr("qbench.run.load_model_state", spy)
+    narrower = run(make_config(*chain, "bits=2"))
+    assert narrower["status"] == "ok" and narrower["started_from"] == wider["run_id"]
+    tensors = {k: v for k, v in wider_state.items() if isinstance(v, torch.Tensor)}
+    assert loaded and tensors.keys() == loaded[0].keys()
+    assert all(torch.equal(loaded[0][k], v) for k, v in tensors.items())

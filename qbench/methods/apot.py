@@ -27,9 +27,11 @@ lr 0.03 and wd 2e-5, at base lr 0.1 —: ``alpha_weight_decay=1e-4 alpha_lr_scal
 its weight-α group; the trainer has one group for every α, so its separate activation-α values
 cannot be set. ``weight_decay_2bit=null`` restores the recipe's rule.
 
-Not done: the official progressive initialisation (FP → 5 → 4 → 3 → 2 bits, each run started
-from the next-higher-bit checkpoint, papers.md 3.4); every run here starts from the float
-baseline.
+Progressive initialisation (papers.md 3.4, the official ImageNet runs: FP → 5 → 4 → 3 → 2 bits,
+each started from the next-higher-bit checkpoint): ``progressive_from=B`` starts a run at B bits
+from the float baseline and a run at b < B bits from the finished run of the same config at
+b + 1 bits (weights, batch norm and every α), a chain a sweep over ``bits=5,4,3,2`` runs in order
+(:meth:`APoT.predecessor`). Default null: every run starts from the float baseline.
 
 As in the official code, the quantized weights stay in normalised units (ŵ = α·Π(·), α in
 units of σ), so every conv output is scaled by about 1/std(w) and the following batch norm
@@ -46,7 +48,7 @@ from qbench.methods.registry import Method, register_method
 from qbench.quant.apot import APOT_TERMS, APoTQuantizer, EdgeScale, LevelKind, MaxScaledQuantizer
 from qbench.quant.base import Quantizer
 from qbench.quant.convert import LayerPrecision
-from qbench.validate import NonNegativeFloat, PositiveFloat
+from qbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
 
 MAX_APOT_BITS = max(APOT_TERMS)  # widest level set defined (activations; weights: one more)
 EDGE_BITS = 7  # weights of 7-8 bits (the edge layers) use the official max-scaled uniform grid
@@ -67,11 +69,20 @@ class APoT(Method):
         weight_decay_2bit: NonNegativeFloat | None = 2.0e-5
         alpha_weight_decay: NonNegativeFloat | None = None
         alpha_lr_scale: PositiveFloat = 1.0
+        progressive_from: PositiveInt | None = None
 
     def _grad_outside(self, bits: int) -> float:
         if self.config.weight_grad_outside == "auto":
             return 1.0 if bits == 2 else 0.0
         return float(self.config.weight_grad_outside)
+
+    def predecessor(self, cfg: dict) -> dict | None:
+        """With ``progressive_from=B``: below B bits, the same config one bit wider (weights and
+        activations), whose finished run this one starts from."""
+        widest = self.config.progressive_from
+        if widest is None or cfg["wbits"] >= widest:
+            return None
+        return {**cfg, "bits": cfg["bits"] + 1, "wbits": cfg["wbits"] + 1, "abits": cfg["abits"] + 1}
 
     def adjust_recipe(self, recipe: dict, wbits: int) -> dict:
         """The official optimisation (module docstring): APoT's weight decay by weight bits,

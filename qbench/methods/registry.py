@@ -98,6 +98,12 @@ class Method:
         dict. The default keeps it."""
         return recipe
 
+    def predecessor(self, cfg: dict) -> dict | None:
+        """The resolved config of the finished run whose quantized model this run starts from
+        (after initialisation, in place of it), or ``None`` to start from the FP baseline (the
+        default). The runner loads that run's final checkpoint and records its run id."""
+        return None
+
     def initialize(self, model: nn.Module, batches: list[torch.Tensor], train_mode: bool) -> None:
         """Initialise the quantizers from the calibration ``batches``; ``train_mode``: observe
         the network as its first training step sees it (batch norm on batch statistics). The
