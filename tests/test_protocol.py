@@ -20,14 +20,15 @@ from qbench.validate import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 PROXY_ONLY = {"finetune_length"}  # measures the proxy protocol itself: it sweeps proxy recipes
-# One published record (results/published/954496415f06.json) and the cell that made it.
-PUBLISHED = ("954496415f06", ["method=attention_round", "recipe=local", "calib.num_images=1024",
-                              "+ptq_row=attention_round", "model=resnet18", "wbits=4", "abits=8", "seed=1"])
+# One published record (results/published/590e1ff2ead6.json) and the cell that made it.
+PUBLISHED = ("590e1ff2ead6", ["experiment=attention_round_table", "+ptq_row=adaround_layer", "model=resnet18",
+                              "wbits=4", "abits=8", "seed=0"])
 
 
 def without_protocol(conf: Path) -> Path:
     """A copy of the config tree as it was before the protocol group: the two defaults lines of
-    ``config.yaml`` and the protocol-keyed FAQ recipe choice undone."""
+    ``config.yaml`` and the protocol-keyed FAQ recipe choice undone, and AdaRound's proxy budget
+    back in its table row."""
     shutil.copytree(CONF_DIR, conf)
     config = conf / "config.yaml"
     config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
@@ -35,6 +36,8 @@ def without_protocol(conf: Path) -> Path:
     for bits in (8, 4):
         setting = conf / "faq_setting" / f"w{bits}a{bits}.yaml"
         setting.write_text(setting.read_text().replace("faq_${protocol}_", "faq_local_"))
+    row = conf / "ptq_row" / "adaround_layer.yaml"
+    row.write_text(row.read_text() + "  iterations: 192\n  lr: 0.05\n")
     return conf
 
 
@@ -61,8 +64,18 @@ def test_protocol_proxy_is_the_default():
 
 def test_a_published_record_keeps_its_run_id():
     run_id, overrides = PUBLISHED
+    assert (Path(__file__).resolve().parents[1] / "results" / "published" / f"{run_id}.json").is_file()
     assert prepare_cell(compose_cell(overrides, CONF_DIR)).run_id == run_id
     assert prepare_cell(compose_cell([*overrides, "protocol=proxy"], CONF_DIR)).run_id == run_id
+
+
+def test_adaround_takes_the_cpu_budget_on_the_proxy_and_the_papers_under_the_paper_protocol(empty_root):
+    proxy = compose_cell(["experiment=attention_round_table", "+ptq_row=adaround_block"], CONF_DIR)
+    paper = compose_cell(["experiment=attention_round_table", "+ptq_row=adaround_block", "protocol=paper",
+                          f"dataset.root={empty_root}"], CONF_DIR)
+    assert (proxy["method"]["iterations"], proxy["method"]["lr"]) == (192, 0.05)
+    assert (paper["method"]["iterations"], paper["method"]["lr"]) == (10000, 0.001)
+    assert proxy["method"]["reconstruction"] == paper["method"]["reconstruction"] == "block"
 
 
 @pytest.fixture(scope="module")
