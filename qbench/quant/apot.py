@@ -234,7 +234,7 @@ class APoTQuantizer(Quantizer):
         self.register_buffer("level_first", table.first, persistent=False)
         self.register_buffer("level_inv_cell", table.inv_cell, persistent=False)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
-        self.initialized = self.recomputable = True
+        self.initialized = True
 
     def initialize(self, obs: Observation) -> None:
         """Nothing to fit: α starts at its configured value (set at construction)."""
@@ -267,7 +267,6 @@ class MaxScaledQuantizer(Quantizer):
             raise ValueError(f"unknown scale {scale!r}; allowed: {', '.join(get_args(EdgeScale))}")
         self.scale = scale
         self.initialized = True  # the scale comes from the current weights at every call
-        self.recomputable = True
 
     def initialize(self, obs: Observation) -> None:
         """Nothing to fit."""

@@ -18,9 +18,6 @@ class Quantizer(nn.Module):
     with a quantizer that was never initialised is an error, not a silent identity grid;
     ``initialized`` travels in the state dict (extra state), so a loaded checkpoint counts;
     subclasses add to :attr:`EXTRA_STATE` the plain attributes calibration decides.
-    ``recomputable``: the quantized value is a pure function of the input and the quantizer's
-    parameters (no sampling, no state written while quantizing), so a layer's backward may
-    quantize again instead of keeping the quantized tensor (:mod:`qbench.quant.layers`).
     """
 
     EXTRA_STATE: tuple[str, ...] = ("initialized",)
@@ -30,7 +27,6 @@ class Quantizer(nn.Module):
         self.bits = bits
         self.enabled = True
         self.initialized = False
-        self.recomputable = False
         self.observer: Observation | None = None
 
     def initialize(self, obs: Observation) -> None:

@@ -127,7 +127,6 @@ class FixedPointQuantizer(Quantizer):
         self.power_of_two, self.track, self.ste = power_of_two, track, ste
         self.register_buffer("step", torch.tensor(1.0))
         self.initialized = track and signed is not None  # a tracked range needs no calibration
-        self.recomputable = not track  # a tracked range writes its step while quantizing
 
     @property
     def qrange(self) -> tuple[int, int]:

@@ -258,7 +258,6 @@ class LearnedStepQuantizer(Quantizer):
         assert init in get_args(StepInit) and offset in get_args(Offset), (init, offset)
         self.signed = signed
         self.offset_mode = offset
-        self.recomputable = offset != "xmin"  # the running minimum is written while quantizing
         self.init = init
         self.use_grad_scale = grad_scale
         self.per_example_numel = per_example_numel
