@@ -149,24 +149,23 @@ def test_model_size_counts_every_part_once():
     assert size["packed_bytes"] == sum(size["parts"].values())
 
 
-def test_int8_backend_agrees_with_the_integer_reference_at_w8a8():
+def backend_and_reference(build: str, method: str, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the integer reference and of ``qbench.export.backend.<build>`` on a quantized tiny net."""
     pytest.importorskip("torchao", reason="torchao (pinned in pyproject) is not installed")
-    from qbench.export.backend import int8_model
-    model, x = quantized_tiny("lsq", 8)
+    from qbench.export import backend
+    model, x = quantized_tiny(method, bits)
     with torch.no_grad():
-        ref = integer_reference(model, x)(x)
-        out = int8_model(model, x)(x)
+        return integer_reference(model, x)(x), getattr(backend, build)(model, x)(x)
+
+
+def test_int8_backend_agrees_with_the_integer_reference_at_w8a8():
+    ref, out = backend_and_reference("int8_model", "lsq", 8)
     assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.999
 
 
 def test_pt2e_reference_model_carries_the_grids_of_lsqplus():
     """Offsets (β shifted out, β·W·1 added back) and a 4-bit range survive torch.export →
     prepare_pt2e → convert_pt2e: the quantize/dequantize model agrees with the integer reference."""
-    pytest.importorskip("torchao", reason="torchao (pinned in pyproject) is not installed")
-    from qbench.export.backend import converted_model
-    model, x = quantized_tiny("lsqplus", 4)
-    with torch.no_grad():
-        ref = integer_reference(model, x)(x)
-        out = converted_model(model, x)(x)
+    ref, out = backend_and_reference("converted_model", "lsqplus", 4)
     assert (ref.argmax(1) == out.argmax(1)).float().mean() >= 0.999
     assert (ref - out).abs().max() <= 1e-2 * ref.abs().max()  # quantize ops multiply by 1/s: ties flip
