@@ -222,6 +222,12 @@ class AttentionRoundQuantizer(Quantizer):
         return attention_round(v, self.step, self.offset, self.sigma, self.qmin, self.qmax, self.window,
                                sample=self.relaxation == "sample")
 
+    def cache_attributes(self) -> tuple | None:
+        """``None`` while the weight is a random draw of eq. (1)."""
+        if self.relaxation == "sample" and not self.hard:
+            return None
+        return super().cache_attributes()
+
     def extra_repr(self) -> str:
         return (f"bits={self.bits}, per_channel={self.per_channel}, window={self.window}, "
                 f"relaxation={self.relaxation}, hard={self.hard}")

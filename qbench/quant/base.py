@@ -45,6 +45,16 @@ class Quantizer(nn.Module):
                                "initialised: initialise it from data or load a checkpoint first")
         return self.quantize(v)
 
+    def cache_attributes(self) -> tuple | None:
+        """The plain attributes (bits, signedness, mode flags, ...) that, with its tensors, decide
+        this quantizer's output for a given input; ``None`` while that output may not be reused
+        (values are being observed, or the output is random). The eval fast path of
+        :mod:`qbench.quant.layers` caches a quantized weight under them."""
+        if self.observer is not None:
+            return None
+        return tuple((name, value) for name, value in vars(self).items()
+                     if value is None or isinstance(value, (bool, int, float, str)))
+
     def get_extra_state(self) -> dict:
         return {name: getattr(self, name) for name in self.EXTRA_STATE}
 

@@ -3,6 +3,10 @@
 They subclass the float layers and share the float layer's Parameters, so state-dict keys stay
 ``<layer>.weight`` / ``<layer>.bias`` and the quantizers add ``<layer>.weight_quantizer.*`` and
 ``<layer>.input_quantizer.*``. A quantizer of ``None`` means that tensor stays in float.
+
+Eval fast path: in eval mode without gradients a layer quantizes its weight once and reuses it
+(:class:`QuantizedWeightCache`) until the weight, a tensor of its quantizer or one of the
+quantizer's plain attributes changes, so evaluating a table cell quantizes each weight once.
 """
 from __future__ import annotations
 
@@ -13,6 +17,53 @@ from torch import nn
 from qbench.quant.base import Quantizer
 
 
+class QuantizedWeightCache:
+    """The last quantized weight of a layer and what it was computed from: the quantizer, the
+    weight and the quantizer's parameters and buffers (the objects themselves, held so that their
+    memory cannot be reused by others, and the tensors' in-place version counters) and the
+    quantizer's :meth:`~qbench.quant.base.Quantizer.cache_attributes`. Any in-place update (an
+    optimiser step, ``load_state_dict``), replaced quantizer or tensor, or changed attribute
+    makes it stale. A write through ``tensor.data`` bypasses the version counter (PyTorch's own
+    hazard) and would go unseen; qbench makes none."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.sources: tuple = ()
+        self.versions: tuple[int, ...] = ()
+        self.attributes: tuple | None = None
+        self.value: torch.Tensor | None = None
+
+    @staticmethod
+    def _sources(weight: torch.Tensor, quantizer: Quantizer) -> tuple:
+        return (quantizer, weight, *quantizer.parameters(), *quantizer.buffers())
+
+    @staticmethod
+    def _versions(sources: tuple) -> tuple[int, ...]:
+        return tuple(t._version for t in sources[1:])
+
+    def _fresh(self, sources: tuple, attributes: tuple) -> bool:
+        return (self.value is not None and attributes == self.attributes and len(sources) == len(self.sources)
+                and all(a is b for a, b in zip(sources, self.sources))
+                and self._versions(sources) == self.versions)
+
+    def quantize(self, weight: torch.Tensor, quantizer: Quantizer) -> torch.Tensor:
+        """``quantizer(weight)``, computed again only when the cached value is stale."""
+        attributes = quantizer.cache_attributes()
+        if attributes is None:
+            self.clear()
+            return quantizer(weight)
+        if self._fresh(self._sources(weight, quantizer), attributes):
+            return self.value
+        value = quantizer(weight)  # may update the quantizer's own state (a tracked range)
+        self.sources = self._sources(weight, quantizer)
+        self.versions = self._versions(self.sources)
+        self.attributes = quantizer.cache_attributes()
+        self.value = value
+        return value
+
+
 def _take_over(quantized: nn.Module, layer: nn.Module, weight_quantizer: Quantizer | None,
                input_quantizer: Quantizer | None) -> None:
     """Share ``layer``'s parameters and attach the quantizers (``None``: that tensor stays float)."""
@@ -20,6 +71,19 @@ def _take_over(quantized: nn.Module, layer: nn.Module, weight_quantizer: Quantiz
     quantized.bias = layer.bias
     quantized.weight_quantizer = nn.Identity() if weight_quantizer is None else weight_quantizer
     quantized.input_quantizer = nn.Identity() if input_quantizer is None else input_quantizer
+    quantized.weight_cache = QuantizedWeightCache()
+
+
+def quantized_weight(layer: QuantConv2d | QuantLinear) -> torch.Tensor:
+    """The layer's weight through its weight quantizer: from the cache in eval mode without
+    gradients (outside ``torch.compile``), computed afresh otherwise."""
+    quantizer = layer.weight_quantizer
+    if not isinstance(quantizer, Quantizer):
+        return quantizer(layer.weight)
+    if layer.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        layer.weight_cache.clear()
+        return quantizer(layer.weight)
+    return layer.weight_cache.quantize(layer.weight, quantizer)
 
 
 class QuantConv2d(nn.Conv2d):
@@ -31,7 +95,7 @@ class QuantConv2d(nn.Conv2d):
         _take_over(self, conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(self.input_quantizer(x), quantized_weight(self), self.bias)
 
 
 class QuantLinear(nn.Linear):
@@ -41,7 +105,7 @@ class QuantLinear(nn.Linear):
         _take_over(self, linear, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return F.linear(self.input_quantizer(x), quantized_weight(self), self.bias)
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)
