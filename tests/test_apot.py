@@ -64,10 +64,11 @@ def test_projection_is_the_nearest_level():
     torch.testing.assert_close(project_to_levels(x.clamp(-1, 1), levels), brute)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6])
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("kind", ["apot", "pot", "uniform"])
-def test_lookup_table_projection_is_exact(bits, signed, kind):
+def test_select_chain_and_lookup_table_projections_are_exact(bits, signed, kind):
+    """Up to 32 levels a chain of selects, beyond them the lookup table (or bucketize)."""
     levels = apot_levels(bits, signed, kind)
     lo = -1.0 if signed else 0.0
     table = LevelTable.build(levels, lo)
@@ -76,8 +77,8 @@ def test_lookup_table_projection_is_exact(bits, signed, kind):
     x = torch.cat([torch.linspace(lo, 1.0, 20001), levels, nudged]).clamp(lo, 1.0)
     projected = _project(x, torch.tensor(lo), table.levels, table.bounds, table.first, table.inv_cell)
     torch.testing.assert_close(projected, project_to_levels(x, levels), rtol=0, atol=0)
-    if kind == "pot" and bits == 5 and not signed:
-        assert table.first is None  # levels down to 2^-30: the bucketize fallback
+    if kind == "pot" and bits == 6:
+        assert table.first is None  # levels down to 2^-30 and finer: the bucketize fallback
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -70,6 +70,10 @@ def rounding_error() -> Tensors:
 
 CASES = {"lsq": learned_step(False), "lsqplus_offset": learned_step(True), "apot_rcf": apot_rcf,
          "faq_fixed_point": fixed_point, "attention_round": attention, "attention_round_mse_step": rounding_error}
+# (rtol, atol) where not assert_close's float32 defaults: APoT's weight normalisation takes the
+# mean and std by fused reductions, whose summation order is not eager's; the one-ulp differences
+# reach α's gradient, a sum over 18k weights, as ~4e-6 relative.
+TOLERANCES = {"apot_rcf": (2e-5, 1e-4)}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -84,8 +88,9 @@ def test_the_compiled_kernel_matches_the_eager_one(name):
             compile_kernels(False)
     eager, fused = results
     assert len(eager) == len(fused)
+    rtol, atol = TOLERANCES.get(name, (None, None))
     for a, b in zip(eager, fused):
         if a is None:
             assert b is None
         else:
-            torch.testing.assert_close(b, a)
+            torch.testing.assert_close(b, a, rtol=rtol, atol=atol)

@@ -79,6 +79,7 @@ def project_to_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 MAX_TABLE_CELLS = 1 << 18
+MAX_CHAIN_LEVELS = 32
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,16 @@ class LevelTable:
 
 def _project(x: torch.Tensor, lo: torch.Tensor, levels: torch.Tensor, bounds: torch.Tensor,
              first: torch.Tensor | None, inv_cell: torch.Tensor) -> torch.Tensor:
-    """The nearest level to each ``x`` in [lo, 1] through a :class:`LevelTable`'s tensors."""
+    """The nearest level to each ``x`` in [lo, 1] through a :class:`LevelTable`'s tensors (ties:
+    the lower level). Sets of at most ``MAX_CHAIN_LEVELS`` levels (every APoT, PoT and uniform
+    set up to 5 bits) take a chain of selects, one per midpoint, with no indexed load: compiled,
+    2-5x faster than the table on this CPU (measured on 6.4M values, 2 to 5 bits), and exact,
+    since each output is a level itself."""
+    if levels.numel() <= MAX_CHAIN_LEVELS:
+        out = torch.zeros_like(x) + levels[0]
+        for j in range(levels.numel() - 1):
+            out = torch.where(x > bounds[j], levels[j + 1], out)
+        return out
     if first is None:
         return project_to_levels(x, levels)
     k = ((x - lo) * inv_cell).long().clamp(0, first.numel() - 1)
@@ -155,6 +165,15 @@ def _rcf_backward(v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor,
 
 
 @kernel
+def _normalisation(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1/std) of ``v``, unbiased std as the official code's ``weight.std()``: two fused
+    reductions (``torch.std_mean`` took ~1.8 ms per ResNet18 weight on this CPU, an eighth of
+    the APoT step)."""
+    mean = v.mean()
+    return mean, ((v - mean).square().sum() / (v.numel() - 1)).rsqrt()
+
+
+@kernel
 def _normalisation_backward(grad_n: torch.Tensor, v: torch.Tensor, shift: torch.Tensor, inv_scale: torch.Tensor,
                             alpha: torch.Tensor, sum_grad: torch.Tensor, sum_grad_n: torch.Tensor,
                             numel: int) -> torch.Tensor:
@@ -178,8 +197,7 @@ class RCFQuantize(torch.autograd.Function):
         order = memory_order(v)
         flat = flatten(v, order)
         if weight_norm:
-            std, mean = torch.std_mean(flat)
-            shift, inv_scale = mean, 1.0 / std
+            shift, inv_scale = _normalisation(flat)
         else:
             shift, inv_scale = flat.new_zeros(()), flat.new_ones(())
         alpha = alpha.detach()
