@@ -3,6 +3,7 @@
     python scripts/bench_step.py                                  # every model × QAT method, W4A4
     python scripts/bench_step.py --models resnet18 --methods lsq apot
     python scripts/bench_step.py --out results/bench.md           # also write the table page
+    python scripts/bench_step.py --compile-model --out results/bench-compiled.md  # whole networks compiled
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -77,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=3, help="training steps before a child reads its peak RSS")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
+    parser.add_argument("--compile-model", action="store_true",
+                        help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
                         help="child mode: build only the first model with METHOD ('fp' for float), print peak RSS in MiB")
     parser.add_argument("--out", type=Path, help="also write the table, with how it was made, to this Markdown file")
@@ -141,7 +144,8 @@ def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torc
     fp = create_model(model_name, 10, args.chans)
     spec = model_spec(model_name)
     models = {m: fp if m == FP else quantized(fp, spec, m, args.bits, x) for m in methods}
-    return {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
+    models = {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
+    return {k: torch.compile(m) for k, m in models.items()} if args.compile_model else models
 
 
 def step_time(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -209,6 +213,7 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> fl
            "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
+    cmd += ["--compile-model"] * args.compile_model
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
@@ -247,11 +252,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def kernels_note(args: argparse.Namespace) -> str:
+    """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
+    if args.compile_model:
+        return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
+    return f"quantizer kernels {'eager' if args.eager else 'compiled'}"
+
+
 def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
     """One paragraph saying how the numbers were measured."""
     return (f"Batch {args.batch}, {args.chans}×{args.size}×{args.size}, "
             f"{'contiguous' if args.no_channels_last else 'channels_last'}, "
-            f"quantizer kernels {'eager' if args.eager else 'compiled'}, edge layers at 8 bits; "
+            f"{kernels_note(args)}, edge layers at 8 bits; "
             f"step times: median of {args.repeats} rounds after {args.warmup} warm-up rounds, each round one step "
             f"of the model's FP network (one FP column per model) and of each method's in turn; evaluation: "
             f"median of {args.repeats // 2} rounds of one batch of {args.eval_batch} without gradients; "
@@ -272,7 +284,7 @@ def write_page(path: Path, body: str, args: argparse.Namespace, brevitas_note: s
 def main() -> None:
     """Run the sweep (or, with ``--memory-only``, one memory child) and print the table."""
     args = parse_args()
-    compile_kernels(not args.eager)
+    compile_kernels(not args.eager and not args.compile_model)
     if args.memory_only:
         memory_only(args)
         return
