@@ -148,3 +148,25 @@ def test_changing_the_input_in_place_before_the_backward_is_an_error():
     x.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+@pytest.mark.parametrize("method_name", ["lsq", "lsqplus"])
+def test_a_step_driven_through_zero_is_reported_and_zeroes_its_tensor(method_name):
+    from torch import nn
+
+    from qbench.methods import create_method
+    from qbench.quant import LayerPrecision, quantize_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
+    method = create_method({"name": method_name})
+    plan = {"0": LayerPrecision(4, 8, True), "2": LayerPrecision(4, 4)}
+    quantize_model(model, plan, method.weight_quantizer, method.input_quantizer)
+    x = torch.randn(2, 3, 9, 9)
+    method.initialize(model, [x], train_mode=False)
+    assert method.report(model, None) == {"steps_at_floor": []}
+    with torch.no_grad():
+        model[2].weight_quantizer.step.fill_(-0.01)
+        model[0].input_quantizer.step.fill_(1e-8)
+    assert method.report(model, None) == {"steps_at_floor": ["0.input_quantizer", "2.weight_quantizer"]}
+    assert model[2].weight_quantizer(model[2].weight).abs().max() < 1e-6  # ±p steps of about 1e-8

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qbench.methods.registry import Method, input_signedness, register_method
+from torch import nn
+
+from qbench.methods.registry import Method, RunFacts, input_signedness, register_method
 from qbench.quant.convert import LayerPrecision
-from qbench.quant.lsq import LearnedStepQuantizer
+from qbench.quant.lsq import LearnedStepQuantizer, floored_steps
 from qbench.validate import ActSigned, PositiveInt
 
 
@@ -46,3 +48,7 @@ class LSQ(Method):
         return LearnedStepQuantizer(layer.input_bits, signed=input_signedness(layer, c.act_signed),
                                     grad_scale=c.grad_scale, per_example_numel=c.per_example_numel,
                                     batch_split=True)
+
+    def report(self, model: nn.Module, facts: RunFacts) -> dict:
+        """``steps_at_floor``: the quantizers training drove to the step floor (:func:`floored_steps`)."""
+        return {"steps_at_floor": floored_steps(model)}

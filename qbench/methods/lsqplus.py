@@ -41,10 +41,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from qbench.methods.registry import Method, register_method
+from qbench.methods.registry import Method, RunFacts, register_method
 from qbench.quant.calibrate import initialize_quantizers
 from qbench.quant.convert import LayerPrecision
-from qbench.quant.lsq import LearnedStepQuantizer, Offset
+from qbench.quant.lsq import LearnedStepQuantizer, Offset, floored_steps
 from qbench.validate import Count, PositiveInt, require
 
 CONFIGS = {1: (False, False), 2: (True, False), 3: (True, True), 4: (False, True)}
@@ -98,3 +98,7 @@ class LSQPlus(Method):
         """From the first ``calib_batches`` calibration batches (all when null)."""
         c = self.config
         initialize_quantizers(model, batches[:c.calib_batches], c.calib_max_samples, train_mode)
+
+    def report(self, model: nn.Module, facts: RunFacts) -> dict:
+        """``steps_at_floor``: the quantizers training drove to the step floor (:func:`floored_steps`)."""
+        return {"steps_at_floor": floored_steps(model)}

@@ -323,3 +323,13 @@ class LearnedStepQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, offset={self.offset_mode}, init={self.init}"
+
+
+def floored_steps(model: nn.Module) -> list[str]:
+    """The learned-step quantizers of ``model`` whose step parameter is at or below the floor
+    (1e-8), by module name: training drove s through zero, the forward uses the floor, and that
+    tensor is quantized to at most p steps of about 1e-8, i.e. zero. A record lists them
+    (``steps_at_floor``), so that a cell whose layers went dead says so instead of passing for
+    a method effect."""
+    return sorted(name for name, m in model.named_modules()
+                  if isinstance(m, LearnedStepQuantizer) and m.step.item() <= STEP_MIN)
