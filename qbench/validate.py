@@ -179,6 +179,8 @@ def validate(cfg: dict) -> None:
             _check_positive_number(f"recipe.{phase}.lr", recipe[phase]["lr"])
             if recipe[phase].get("grad_clip_norm") is not None:
                 _check_positive_number(f"recipe.{phase}.grad_clip_norm", recipe[phase]["grad_clip_norm"])
+            if recipe[phase].get("warmup_epochs") is not None:
+                _check_positive_number(f"recipe.{phase}.warmup_epochs", recipe[phase]["warmup_epochs"])
     if cfg["model"].get("fp_lr") is not None:
         _check_positive_number("model.fp_lr", cfg["model"]["fp_lr"])
     if not cfg["dataset"]["pretrained_fp"] and not cfg["model"]["weights"] and not recipe.get("fp"):

@@ -44,6 +44,14 @@ def test_extra_column_reads_dotted_fields_and_skips_records_without_it():
     assert "| ResNet-18 | 90.50 (+0.50) | — | 70.02 (+0.26) | 69.82 (+0.06) | — | — |" in text
 
 
+def test_a_list_field_counts_its_items():
+    spec = {**SPEC, "extra_columns": {"dead": {"field": "steps_at_floor", "digits": 1}}}
+    records = [{**record(4, "r4", 89.0, None, seed=0), "steps_at_floor": ["a", "b", "c"]},
+               {**record(4, "r4", 88.0, None, seed=1), "steps_at_floor": []}]
+    text, _ = render(spec, records)
+    assert "| ResNet-18 | — | 88.50 ± 0.71 (-1.50) | 70.02 (+0.26) | 69.82 (+0.06) | — | 1.5 |" in text
+
+
 @pytest.mark.parametrize("name", ["faq_table", "faq_slides"])
 def test_faq_specs_render_with_the_cosine_column(name):
     spec = load_spec(name, CONF_TABLES)

@@ -7,7 +7,8 @@ paper's numbers per column, with its own ``paper_fp`` where the rows are differe
 Every cell shows our top-1 — the mean ± spread over seeds where several exist — with its Δ to
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
-the cell's runs (e.g. ``weight_cosine_mean``). A cell without a record shows ``—``, never 0.
+the cell's runs (e.g. ``weight_cosine_mean``; a list field counts its items, e.g.
+``steps_at_floor``: the layers whose learned step went dead). A cell without a record shows ``—``, never 0.
 Where one model's runs in a set use several FP baselines (:class:`Baseline`), the caption says so
 and each cell that used a less common one is marked (``†``, ``‡``, …); the CSV names every cell's
 baselines (``<set>_baselines``).
@@ -141,10 +142,12 @@ def _fmt(value: float | None, delta: float | None = None, spread: float | None =
 
 
 def _extra_value(cell: Cell | None, key: str) -> float | None:
-    """Mean of the record field ``key`` (dotted) over the cell's finished runs that hold it."""
+    """Mean of the record field ``key`` (dotted) over the cell's finished runs that hold it; a
+    list counts as its length."""
     if cell is None:
         return None
-    values = [v for v in (flatten(r).get(key) for r in cell.records) if v is not None]
+    values = [len(v) if isinstance(v, list) else v
+              for v in (flatten(r).get(key) for r in cell.records) if v is not None]
     return statistics.fmean(values) if values else None
 
 
