@@ -20,6 +20,16 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), for benchmark pages."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
 @lru_cache(maxsize=None)
 def git_state(repo: Path | None = None) -> dict[str, object]:
     """Commit hash and whether the work tree differs from it (``None`` outside a git checkout).

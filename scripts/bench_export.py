@@ -1,19 +1,26 @@
 """Latency of the int8 CPU model (qbench-export's PT2E backend) against float32, in one process.
 
     python scripts/bench_export.py [--checkpoint runs/runs/<run id>/checkpoint.pt] [--batches 1 128]
+    python scripts/bench_export.py --model mobilenet_v2 --size 224 --chans 3 --classes 1000 --batches 64 \
+        --out results/deploy.md
 
-The quantized model is the checkpoint's (any uniform-grid run), or without one ResNet18 with
-LSQ W8A8 quantizers initialised on random data (latency does not depend on the values). For
-each batch size (28×28 single-channel inputs, Fashion-MNIST's shape) it times the float32
-network (batch norm unfused) eagerly and compiled by Inductor with freezing, and the int8 model
+The quantized model is the checkpoint's (any uniform-grid run), or without one ``--model`` with
+LSQ quantizers at ``--bits`` (edge layers at 8) initialised on random data (latency does not
+depend on the values). For each batch size (``--chans``×``--size``×``--size`` inputs; default
+28×28 single-channel, Fashion-MNIST's shape) it times the float32 network (batch norm unfused)
+eagerly and compiled by Inductor with freezing, and the int8 model
 (:func:`qbench.export.backend.int8_model`: oneDNN int8 kernels, also for grids below 8 bits),
 in interleaved rounds, and prints medians and the ratios compiled-float32 / int8 and
-eager-float32 / int8. A benchmark, not a test: the numbers depend on the machine and its load.
+eager-float32 / int8; ``--out`` also writes them, with the command and the machine, as a page.
+A benchmark, not a test: the numbers depend on the machine and its load.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -26,17 +33,19 @@ from qbench.evaluate import rebuild
 from qbench.export.backend import int8_model
 from qbench.export.fold import float_copy
 from qbench.methods import create_method
-from qbench.models import create_model
+from qbench.models import MODELS, create_model, model_spec
+from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 
 
-def quantized_resnet18() -> nn.Module:
-    """ResNet18 (10 classes, 1 channel) with LSQ W8A8 quantizers initialised on random data."""
-    model = create_model("resnet18", 10, 1).eval()
+def quantized_random(name: str, classes: int, chans: int, size: int, bits: int) -> nn.Module:
+    """``name`` with LSQ quantizers at ``bits`` (edge layers at 8 bits) initialised on random data."""
+    model = create_model(name, classes, chans).eval()
+    spec = model_spec(name)
     method = create_method({"name": "lsq"})
-    plan = plan_precision(model, 8, 8, "conv1", "fc", EdgeLayerPolicy(), EdgeLayerPolicy())
+    plan = plan_precision(model, bits, bits, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
     model = phases.prepare(model, plan, method)
-    method.initialize(model, [torch.randn(64, 1, 28, 28)], False)
+    method.initialize(model, [torch.randn(8, chans, size, size)], False)
     return model.eval()
 
 
@@ -55,26 +64,47 @@ def median_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, calls:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="a finished run's checkpoint (default: LSQ W8A8 ResNet18)")
+    parser.add_argument("--checkpoint", type=Path, help="a finished run's checkpoint (default: --model with random LSQ)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
+    parser.add_argument("--bits", type=int, default=8, help="weight and activation bits of the random model's body")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--chans", type=int, default=1)
+    parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the table, with how it was made, to this Markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    quantized = rebuild(args.checkpoint)[0] if args.checkpoint else quantized_resnet18()
+    if args.checkpoint:
+        quantized = rebuild(args.checkpoint)[0]
+        what = f"checkpoint {args.checkpoint}"
+    else:
+        quantized = quantized_random(args.model, args.classes, args.chans, args.size, args.bits)
+        what = f"{args.model}, LSQ W{args.bits}A{args.bits} (edge layers W8A8), random weights and ranges"
     fp32 = float_copy(quantized)
-    print(f"torch {torch.__version__}, {args.threads} threads; int8 = torchao PT2E + Inductor (oneDNN int8 kernels)")
+    setup = (f"torch {torch.__version__}, {args.threads} threads, CPU: {cpu_name()}; {what}; int8 = torchao "
+             "PT2E + Inductor with freezing (oneDNN int8 kernels, also for grids below 8 bits); fp32 compiled = "
+             f"Inductor with freezing; median of {args.rounds} interleaved rounds")
+    print(setup)
+    lines = ["| batch | input | fp32 eager ms | fp32 compiled ms | int8 ms | compiled fp32 / int8 | eager fp32 / int8 |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for batch in args.batches:
-        x = torch.randn(batch, 1, 28, 28)
+        x = torch.randn(batch, args.chans, args.size, args.size)
         with torch.no_grad(), inductor_config.patch(freezing=True):
             compiled = torch.compile(fp32)
             compiled(x)
         models = {"fp32 eager": fp32, "fp32 compiled": compiled, "int8": int8_model(quantized, x)}
         calls = max(1, 256 // batch)
         ms = median_ms(models, x, args.rounds, calls)
-        print(f"batch {batch:4d} (28×28): " + " | ".join(f"{name} {t:.2f} ms" for name, t in ms.items())
-              + f" | compiled fp32 / int8 {ms['fp32 compiled'] / ms['int8']:.2f}×"
-              + f" | eager fp32 / int8 {ms['fp32 eager'] / ms['int8']:.2f}×", flush=True)
+        lines.append(f"| {batch} | {args.chans}×{args.size}×{args.size} | {ms['fp32 eager']:.2f} | "
+                     f"{ms['fp32 compiled']:.2f} | {ms['int8']:.2f} | {ms['fp32 compiled'] / ms['int8']:.2f}× | "
+                     f"{ms['fp32 eager'] / ms['int8']:.2f}× |")
+        print(lines[-1], flush=True)
+    if args.out:
+        command = shlex.join(["python", "scripts/bench_export.py", *sys.argv[1:]])
+        args.out.write_text(f"# Deployment latency: int8 CPU model against float32\n\n`{command}`\n\n"
+                            f"{datetime.date.today().isoformat()}, {setup}.\n\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

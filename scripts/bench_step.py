@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import shlex
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ from torch import nn
 from qbench.methods import METHODS, create_method
 from qbench.models import MODELS, ModelSpec, create_model, model_spec
 from qbench.phases import prepare
+from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.kernels import compile_kernels
 
@@ -244,14 +244,6 @@ def table(rows: list[Row], bits: int) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
@@ -276,7 +268,7 @@ def write_page(path: Path, body: str, args: argparse.Namespace, brevitas_note: s
     page = (f"# Training-step benchmark: QAT over FP\n\n"
             f"`{command}`\n\n"
             f"{datetime.date.today().isoformat()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-            f"CPU: {cpu_model()}; sweep wall time {wall_s / 60:.1f} min.\n\n"
+            f"CPU: {cpu_name()}; sweep wall time {wall_s / 60:.1f} min.\n\n"
             f"{setup_line(args, brevitas_note)}\n\n{body}\n")
     path.write_text(page)
 

@@ -3,8 +3,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from qbench.quant import LearnedStepFakeQuant, LearnedStepQuantizer, Observation, integer_range
+from qbench.methods import create_method
+from qbench.quant import (LayerPrecision, LearnedStepFakeQuant, LearnedStepQuantizer, Observation, integer_range,
+                          quantize_model)
 
 
 def reference_forward(v, s, beta, n, p):
@@ -152,11 +155,6 @@ def test_changing_the_input_in_place_before_the_backward_is_an_error():
 
 @pytest.mark.parametrize("method_name", ["lsq", "lsqplus"])
 def test_a_step_driven_through_zero_is_reported_and_zeroes_its_tensor(method_name):
-    from torch import nn
-
-    from qbench.methods import create_method
-    from qbench.quant import LayerPrecision, quantize_model
-
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
     method = create_method({"name": method_name})

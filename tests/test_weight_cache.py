@@ -67,7 +67,7 @@ def test_eval_without_gradients_quantizes_each_weight_once_and_gives_the_same_ou
 
 @pytest.mark.parametrize("name", QUANTIZERS)
 def test_an_optimiser_step_makes_the_cached_weight_stale(name):
-    layer, quantizer = _layer(QUANTIZERS[name])
+    layer, _ = _layer(QUANTIZERS[name])
     x = _input()
     optimiser = torch.optim.SGD(layer.parameters(), lr=0.05)
     for _ in range(2):
