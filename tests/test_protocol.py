@@ -117,7 +117,7 @@ def test_paper_recipes_by_method(empty_root):
 
 
 def test_the_paper_protocol_refuses_a_proxy_recipe(empty_root):
-    with pytest.raises(ConfigError, match="protocol=paper runs the papers' recipes, but recipe local_150steps"):
+    with pytest.raises(ConfigError, match="protocol=paper runs the papers' recipes, but recipe local_bnclip_150steps"):
         check_sweep(["experiment=finetune_length", "protocol=paper", f"dataset.root={empty_root}"], CONF_DIR)
 
 

@@ -122,7 +122,7 @@ def qbench(*args, tmp_path):
     (["seeds=0"], "seeds='0' is not allowed; use an integer ≥ 1"),
     (["recipe=local_short_bn_clip", "recipe.qat.grad_clip_norm=0"],
      "recipe.qat.grad_clip_norm=0 is not allowed; use a number > 0"),
-    (["recipe=local_1epoch_warmup", "recipe.qat.warmup_epochs=ten"],
+    (["+recipe.qat.warmup_epochs=ten"],
      "recipe.qat.warmup_epochs='ten' is not allowed; use a number > 0"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
