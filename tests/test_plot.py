@@ -42,6 +42,13 @@ def test_one_line_per_row_with_runs_beside_the_paper_and_the_fp_line():
     assert lines["fp"].get_linestyle() == "--" and list(lines["fp"].get_ydata()) == [0.0, 0.0]
 
 
+def test_the_x_axis_says_what_the_columns_are():
+    _, frame = render(SPEC, RECORDS)
+    assert plot_table(SPEC, frame).axes[0].get_xlabel() == "precision (table column)"
+    lengths = {**SPEC, "columns_label": "fine-tuning length (steps)"}
+    assert plot_table(lengths, frame).axes[0].get_xlabel() == "fine-tuning length (steps)"
+
+
 def test_the_spread_over_seeds_is_an_error_bar_and_the_fp_values_are_in_the_legend():
     _, frame = render(SPEC, RECORDS)
     fig = plot_table(SPEC, frame)

@@ -1,5 +1,6 @@
 """The picture of a rendered table: each number's Δ to its own FP baseline against the table's
-columns (the bit-widths, in the table's order), so our loss from quantization and the paper's
+columns (the bit-widths, in the table's order; the x axis is labelled by the spec's
+``columns_label``, "precision (table column)" by default), so our loss from quantization and the paper's
 compare at a glance on one shared y axis.
 
 One line per spec row that has runs (filled markers, error bars for the spread over seeds), the
@@ -134,7 +135,7 @@ def plot_table(spec: dict, frame: pd.DataFrame) -> Figure:
             ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", va="center")
         ax.set_xticks(range(len(cols)), cols)
         ax.set_xlim(-0.5, len(cols) - 0.5)
-        ax.set_xlabel("precision (table column)")
+        ax.set_xlabel(spec.get("columns_label", "precision (table column)"))
         ax.set_ylabel("top-1 Δ to FP (percentage points)")
         ax.grid(axis="y", color="0.9")
         ax.set_title("\n".join(textwrap.wrap(spec["title"], 90)) + "\ntop-1 minus its own FP baseline",
