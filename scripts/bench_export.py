@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a finished run's checkpoint (default: --model with random LSQ)")
     parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
-    parser.add_argument("--bits", type=int, default=8, help="weight and activation bits of the random model's body")
+    parser.add_argument("--bits", type=int, choices=range(2, 9), default=8, help="weight and activation bits of the random model's body")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--chans", type=int, default=1)
     parser.add_argument("--size", type=int, default=28)
