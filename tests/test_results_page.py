@@ -77,9 +77,17 @@ def test_each_table_says_its_data_recipes_commands_commits_and_dates(tmp_path):
             "`qbench-table demo --published`\n") in page
 
 
+def test_each_table_sums_its_runs_wall_time_per_device(tmp_path):
+    records = runs(4, "better", TIGHT_HIGH) + runs(4, "plain", TIGHT_LOW)
+    for r, (seconds, device) in zip(records, [(3600, "cpu"), (1800, "cpu"), (720, "cuda"), (None, "cpu")]):
+        r.update(wall_time_s=seconds, device=device)
+    page = results_page(*demo_dirs(tmp_path), records, "results/published")
+    assert "- Wall time of the runs: 1.5 h on cpu, 12 min on cuda (a run that trained its FP baseline" in page
+
+
 def test_a_table_without_runs_says_so(tmp_path):
     page = results_page(*demo_dirs(tmp_path), [], "elsewhere")
-    assert "- Recipe of the runs shown: —\n- Runs: 0, created —; git commits —\n" in page
+    assert "- Recipe of the runs shown: —\n- Runs: 0, created —; git commits —\n- Wall time of the runs: —" in page
     assert page.endswith("\nMade by: `qbench-table --results-page --published-dir elsewhere`.\n")
 
 

@@ -59,6 +59,22 @@ def _recipes(runs: list[dict]) -> str:
     return ", ".join(f"`{n}`" for n in names) if names else MISSING
 
 
+def _wall_time(runs: list[dict]) -> str:
+    """The summed wall time of ``runs`` per device (``device``): ``1.2 h on cpu, 6 min on cuda``;
+    — where no run recorded one."""
+    by_device: dict[str, float] = {}
+    for r in runs:
+        if r.get("wall_time_s") is not None:
+            device = str(r.get("device") or "an unrecorded device")
+            by_device[device] = by_device.get(device, 0.0) + r["wall_time_s"]
+    return ", ".join(f"{_duration(s)} on {d}" for d, s in sorted(by_device.items())) or MISSING
+
+
+def _duration(seconds: float) -> str:
+    """``1.2 h`` from an hour on, ``6 min`` below."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def _commits(runs: list[dict]) -> str:
     """Each git commit of ``runs`` (short hash), first-run order: its run count and how many of
     them came from a dirty tree."""
@@ -122,6 +138,7 @@ def _section(spec: dict, records: list[dict], tables_dir: Path, heading: str) ->
         lines.append(f"- Runs selected beyond the spec: {selected} (it takes precedence over the data line)")
     lines += [f"- Recipe of the runs shown: {_recipes(runs)}",
               f"- Runs: {_runs_text(runs)}, created {_dates(runs)}; git commits {_commits(runs)}",
+              f"- Wall time of the runs: {_wall_time(runs)} (a run that trained its FP baseline includes it)",
               f"- Made by: {_made_by(spec)}", "", _plot(stem, tables_dir), "",
               f"The paper's claims on these runs — {verdict_counts(verdicts)}:", ""]
     lines += [f"- **{claim.id}** — {verdict} — {_reason(claim, verdict, outcomes)}"
