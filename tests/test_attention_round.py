@@ -192,7 +192,7 @@ def test_attention_round_lowers_every_block_error_below_nearest():
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 1).eval()
     plan = plan_precision(model, 2, 8, "conv1", "fc", EdgeLayerPolicy(), EdgeLayerPolicy())
-    method = create_method({"name": "attention_round", "epochs": 30})
+    method = create_method({"name": "attention_round", "epochs": 10})
     model = prepare(model, plan, method)
     batches = list(torch.randn(64, 1, 28, 28).split(32))
     method.initialize(model, batches, train_mode=False)
