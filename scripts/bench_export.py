@@ -1,16 +1,16 @@
 """Latency of the int8 CPU model (qbench-export's PT2E backend) against float32, in one process.
 
     python scripts/bench_export.py [--checkpoint runs/runs/<run id>/checkpoint.pt] [--batches 1 128]
-    python scripts/bench_export.py --model mobilenet_v2 --size 224 --chans 3 --classes 1000 --batches 64 \
-        --out results/deploy.md
+    python scripts/bench_export.py --model resnet18 mobilenet_v2 --size 224 28 --chans 3 --classes 1000 \
+        --batches 1 64 --out results/deploy.md
 
 The quantized model is the checkpoint's (any uniform-grid run), or without one ``--model`` with
 LSQ quantizers at ``--bits`` (edge layers at 8) initialised on random data (latency does not
-depend on the values). For each batch size (``--chans``×``--size``×``--size`` inputs; default
-28×28 single-channel, Fashion-MNIST's shape) it times the float32 network (batch norm unfused)
+depend on the values), one network per name given. For each network, input size and batch size
+(``--chans``×``--size``×``--size`` inputs; default 28×28 single-channel, Fashion-MNIST's shape) it times the float32 network (batch norm unfused)
 eagerly and compiled by Inductor with freezing, and the int8 model
 (:func:`qbench.export.backend.int8_model`: oneDNN int8 kernels, also for grids below 8 bits),
-in interleaved rounds, and prints medians and the ratios compiled-float32 / int8 and
+in interleaved rounds (about 64 images per model per round), and prints medians and the ratios compiled-float32 / int8 and
 eager-float32 / int8; ``--out`` also writes them, with the command and the machine, as a page.
 A benchmark, not a test: the numbers depend on the machine and its load.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import shlex
 import statistics
 import sys
@@ -65,11 +66,11 @@ def median_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, calls:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="a finished run's checkpoint (default: --model with random LSQ)")
-    parser.add_argument("--model", choices=sorted(MODELS), default="resnet18")
+    parser.add_argument("--model", choices=sorted(MODELS), nargs="+", default=["resnet18"])
     parser.add_argument("--bits", type=int, choices=range(2, 9), default=8, help="weight and activation bits of the random model's body")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--chans", type=int, default=1)
-    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--size", type=int, nargs="+", default=[28])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
@@ -77,30 +78,35 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        quantized = rebuild(args.checkpoint)[0]
         what = f"checkpoint {args.checkpoint}"
+        networks = {str(args.checkpoint): lambda size: rebuild(args.checkpoint)[0]}
     else:
-        quantized = quantized_random(args.model, args.classes, args.chans, args.size, args.bits)
-        what = f"{args.model}, LSQ W{args.bits}A{args.bits} (edge layers W8A8), random weights and ranges"
-    fp32 = float_copy(quantized)
+        what = f"LSQ W{args.bits}A{args.bits} (edge layers W8A8), random weights and ranges"
+        networks = {name: functools.partial(quantized_random, name, args.classes, args.chans, bits=args.bits)
+                    for name in args.model}
     setup = (f"torch {torch.__version__}, {args.threads} threads, CPU: {cpu_name()}; {what}; int8 = torchao "
              "PT2E + Inductor with freezing (oneDNN int8 kernels, also for grids below 8 bits); fp32 compiled = "
              f"Inductor with freezing; median of {args.rounds} interleaved rounds")
     print(setup)
-    lines = ["| batch | input | fp32 eager ms | fp32 compiled ms | int8 ms | compiled fp32 / int8 | eager fp32 / int8 |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
-    for batch in args.batches:
-        x = torch.randn(batch, args.chans, args.size, args.size)
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            compiled = torch.compile(fp32)
-            compiled(x)
-        models = {"fp32 eager": fp32, "fp32 compiled": compiled, "int8": int8_model(quantized, x)}
-        calls = max(1, 256 // batch)
-        ms = median_ms(models, x, args.rounds, calls)
-        lines.append(f"| {batch} | {args.chans}×{args.size}×{args.size} | {ms['fp32 eager']:.2f} | "
-                     f"{ms['fp32 compiled']:.2f} | {ms['int8']:.2f} | {ms['fp32 compiled'] / ms['int8']:.2f}× | "
-                     f"{ms['fp32 eager'] / ms['int8']:.2f}× |")
-        print(lines[-1], flush=True)
+    lines = [("| network | batch | input | fp32 eager ms | fp32 compiled ms | int8 ms | compiled fp32 / int8 "
+              "| eager fp32 / int8 |"),
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, build in networks.items():
+        for size in args.size:
+            quantized = build(size=size)
+            fp32 = float_copy(quantized)
+            for batch in args.batches:
+                x = torch.randn(batch, args.chans, size, size)
+                with torch.no_grad(), inductor_config.patch(freezing=True):
+                    compiled = torch.compile(fp32)
+                    compiled(x)
+                models = {"fp32 eager": fp32, "fp32 compiled": compiled, "int8": int8_model(quantized, x)}
+                ms = median_ms(models, x, args.rounds, calls=max(1, 64 // batch))
+                lines.append(f"| {name} | {batch} | {args.chans}×{size}×{size} | {ms['fp32 eager']:.2f} | "
+                             f"{ms['fp32 compiled']:.2f} | {ms['int8']:.2f} | "
+                             f"{ms['fp32 compiled'] / ms['int8']:.2f}× | {ms['fp32 eager'] / ms['int8']:.2f}× |")
+                print(lines[-1], flush=True)
+                torch._dynamo.reset()
     if args.out:
         command = shlex.join(["python", "scripts/bench_export.py", *sys.argv[1:]])
         args.out.write_text(f"# Deployment latency: int8 CPU model against float32\n\n`{command}`\n\n"
