@@ -125,7 +125,7 @@ def test_every_table_spec_is_valid_latex(name):
 
 
 def test_cli_format_latex_writes_the_tex_beside_the_table(tmp_path, capsys):
-    in_lsq_resnet18 = {"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local"}}
+    in_lsq_resnet18 = {"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local", "cpu_threads": 2}}
     write_record(record(4, 89.0, extra=in_lsq_resnet18), tmp_path / "rec" / "a.json")
     args = ["--published", "--published-dir", str(tmp_path / "rec")]
     assert main(["lsq_resnet18", *args, "--out-dir", str(tmp_path / "md")]) == 0

@@ -86,7 +86,7 @@ def test_the_png_is_the_same_bytes_every_time(tmp_path):
 
 
 def test_cli_writes_the_png_beside_the_table(tmp_path):
-    in_lsq_resnet18 = {"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local"}}
+    in_lsq_resnet18 = {"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local", "cpu_threads": 2}}
     write_record(record(4, 89.0, extra=in_lsq_resnet18), tmp_path / "rec" / "a.json")
     dirs = ["--published-dir", str(tmp_path / "rec")]
     modes = {"yours": ["--records-dir", str(tmp_path / "rec")], "ours": ["--published"]}

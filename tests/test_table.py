@@ -239,7 +239,7 @@ def test_an_ambiguous_cell_names_the_folder_of_its_runs():
 def lsq_record(top1, method="lsq"):
     """A record inside conf/table/lsq_resnet18.yaml's select."""
     return record(4, top1, method=method,
-                  extra={"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local"}})
+                  extra={"dataset": {"name": "fashion_mnist"}, "recipe": {"name": "local", "cpu_threads": 2}})
 
 
 def test_cli_reads_your_ledger_and_qbench_published_records_by_default(tmp_path, monkeypatch):

@@ -52,6 +52,16 @@ def test_a_list_field_counts_its_items():
     assert "| ResNet-18 | — | 88.50 ± 0.71 (-1.50) | 70.02 (+0.26) | 69.82 (+0.06) | — | 1.5 |" in text
 
 
+def test_an_extra_value_held_by_some_of_the_cells_runs_says_how_many():
+    spec = {**SPEC, "extra_columns": {"int": {"field": "export.integer_top1"}}}
+    records = [{**record(4, "r4", 89.0, None, seed=0), "export": {"integer_top1": 88.9}},
+               record(4, "r4", 88.0, None, seed=1)]
+    text, frame = render(spec, records)
+    assert "| ResNet-18 | — | 88.50 ± 0.71 (-1.50) | 70.02 (+0.26) | 69.82 (+0.06) | — | 88.90 (1 of 2 runs) |" in text
+    w4 = frame[(frame.row == "ResNet-18") & (frame.column == "W4A4")].iloc[0]
+    assert w4["export.integer_top1"] == pytest.approx(88.9)
+
+
 @pytest.mark.parametrize("name", ["faq_table", "faq_slides"])
 def test_faq_specs_render_with_the_cosine_column(name):
     spec = load_spec(name, CONF_TABLES)

@@ -7,7 +7,7 @@ paper's numbers per column, with its own ``paper_fp`` where the rows are differe
 Every cell shows our top-1 — the mean ± spread over seeds where several exist — with its Δ to
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
-the cell's runs (e.g. ``weight_cosine_mean``; a list field counts its items, e.g.
+the cell's runs that hold it, saying "(n of m runs)" where that is not all of them (e.g. ``weight_cosine_mean``; a list field counts its items, e.g.
 ``steps_at_floor``: the layers whose learned step went dead). A cell without a record shows ``—``, never 0.
 Where one model's runs in a set use several FP baselines (:class:`Baseline`), the caption says so
 and each cell that used a less common one is marked (``†``, ``‡``, …); the CSV names every cell's
@@ -141,14 +141,29 @@ def _fmt(value: float | None, delta: float | None = None, spread: float | None =
     return text if delta is None else f"{text} ({delta:+.2f})"
 
 
-def _extra_value(cell: Cell | None, key: str) -> float | None:
+@dataclass(frozen=True)
+class Extra:
+    """An extra column's value in one cell: the mean over the ``runs`` of its ``of`` finished runs
+    that hold the field."""
+
+    mean: float
+    runs: int
+    of: int
+
+    def text(self, digits: int) -> str:
+        """The mean, with how many runs it covers where that is not all of the cell's."""
+        covered = "" if self.runs == self.of else f" ({self.runs} of {self.of} runs)"
+        return f"{self.mean:.{digits}f}{covered}"
+
+
+def _extra_value(cell: Cell | None, key: str) -> Extra | None:
     """Mean of the record field ``key`` (dotted) over the cell's finished runs that hold it; a
     list counts as its length."""
     if cell is None:
         return None
     values = [len(v) if isinstance(v, list) else v
               for v in (flatten(r).get(key) for r in cell.records) if v is not None]
-    return statistics.fmean(values) if values else None
+    return Extra(statistics.fmean(values), len(values), len(cell.records)) if values else None
 
 
 def _edge_caption(records: list[dict]) -> str:
@@ -362,7 +377,7 @@ class Entry:
     shown: list[Shown]
     paper: float | None
     paper_delta: float | None
-    extras: list[list[float | None]]
+    extras: list[list[Extra | None]]
 
 
 def _entry(spec: dict, row: dict, col: str, cells: list[dict[tuple[str, str], Cell]],
@@ -392,7 +407,7 @@ def _markdown_line(spec: dict, row: dict, entries: dict[str, Entry], n_sources: 
     extras = list((spec.get("extra_columns") or {}).values())
     texts = [entries[c].shown[i].text for i in range(n_sources) for c in entries]
     texts += [_fmt(e.paper, e.paper_delta) for e in entries.values() if quotes_paper(spec)]
-    texts += [MISSING if entries[c].extras[i][j] is None else f"{entries[c].extras[i][j]:.{extra.get('digits', 2)}f}"
+    texts += [MISSING if entries[c].extras[i][j] is None else entries[c].extras[i][j].text(extra.get("digits", 2))
               for j, extra in enumerate(extras) for i in range(n_sources) for c in entries]
     label = row["label"] + (" (paper only)" if row.get("select") is None else "")
     return "| " + " | ".join([label] + texts) + " |"
@@ -410,7 +425,7 @@ def _frame_line(spec: dict, row: dict, col: str, entry: Entry, sources: list[Run
     line.update({"paper_top1": entry.paper, "paper_delta_fp": entry.paper_delta})
     for runs, values in zip(sources, entry.extras):
         for extra, value in zip((spec.get("extra_columns") or {}).values(), values):
-            line[f"{runs.label}_{extra['field']}" if several else extra["field"]] = value
+            line[f"{runs.label}_{extra['field']}" if several else extra["field"]] = None if value is None else value.mean
     line.update({f"{runs.label}_baselines": s.baselines for runs, s in zip(sources, entry.shown)})
     return line
 
