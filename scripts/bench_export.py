@@ -7,11 +7,12 @@
 The quantized model is the checkpoint's (any uniform-grid run), or without one ``--model`` with
 LSQ quantizers at ``--bits`` (edge layers at 8) initialised on random data (latency does not
 depend on the values), one network per name given. For each network, input size and batch size
-(``--chans``×``--size``×``--size`` inputs; default 28×28 single-channel, Fashion-MNIST's shape) it times the float32 network (batch norm unfused)
-eagerly and compiled by Inductor with freezing, and the int8 model
-(:func:`qbench.export.backend.int8_model`: oneDNN int8 kernels, also for grids below 8 bits),
-in interleaved rounds (about 64 images per model per round), and prints medians and the ratios compiled-float32 / int8 and
-eager-float32 / int8; ``--out`` also writes them, with the command and the machine, as a page.
+(``--chans``×``--size``×``--size`` inputs; default 28×28 single-channel, Fashion-MNIST's shape)
+it times the float32 network (batch norm unfused) eagerly and compiled by Inductor with freezing,
+and the int8 model (:func:`qbench.export.backend.int8_model`: oneDNN int8 kernels, also for grids
+below 8 bits), in interleaved rounds (about 64 images per model per round), and prints medians and
+the ratios compiled-float32 / int8 and eager-float32 / int8; ``--out`` also writes them, with the
+command and the machine, as a page.
 A benchmark, not a test: the numbers depend on the machine and its load.
 """
 from __future__ import annotations

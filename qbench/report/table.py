@@ -7,8 +7,9 @@ paper's numbers per column, with its own ``paper_fp`` where the rows are differe
 Every cell shows our top-1 — the mean ± spread over seeds where several exist — with its Δ to
 our FP, beside the paper's number with its Δ to the paper's FP. ``extra_columns`` (label →
 ``{field: dotted record key, digits: n}``) adds, per column, the mean of that record field over
-the cell's runs that hold it, saying "(n of m runs)" where that is not all of them (e.g. ``weight_cosine_mean``; a list field counts its items, e.g.
-``steps_at_floor``: the layers whose learned step went dead). A cell without a record shows ``—``, never 0.
+the cell's runs that hold it, saying "(n of m runs)" where that is not all of them (e.g.
+``weight_cosine_mean``; a list field counts its items, e.g. ``steps_at_floor``: the layers whose
+learned step went dead). A cell without a record shows ``—``, never 0.
 Where one model's runs in a set use several FP baselines (:class:`Baseline`), the caption says so
 and each cell that used a less common one is marked (``†``, ``‡``, …); the CSV names every cell's
 baselines (``<set>_baselines``).
