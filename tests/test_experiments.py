@@ -6,7 +6,7 @@ from functools import lru_cache
 import pytest
 import yaml
 
-from qbench.cli import CONF_DIR
+from qbench.cli import CONF_DIR, expand_seeds
 from qbench.report.records import flatten
 from qbench.sweep import check_sweep, sweep_cells
 from qbench.validate import ConfigError
@@ -41,7 +41,7 @@ def sweep_of(spec: dict) -> list[str]:
     """The overrides of the spec's sweep command (``qbench -m ...``), paths left out."""
     words = spec["command"].split()
     assert words[:2] == ["qbench", "-m"], spec["command"]
-    return [w for w in words[2:] if not w.startswith("paths.")]
+    return [w for w in expand_seeds(words[2:]) if not w.startswith("paths.") and w != "-m"]
 
 
 @pytest.mark.parametrize("name", TABLES)
