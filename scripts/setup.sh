@@ -19,10 +19,12 @@ want="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing qbench and its dependencies (torch 2.14.1 / torchvision 0.29.1 are pinned)"
     # pip warns about each configured local index folder that is absent: show the rest.
+    # No wheel cache: the CUDA build of torch alone fills about 6 GB of the venv.
     log="$(mktemp)"
-    if ! python -m pip install --quiet -e "$repo_root[test]" >"$log" 2>&1; then
+    if ! python -m pip install --quiet --no-cache-dir -e "$repo_root[test]" >"$log" 2>&1; then
         grep -v "is ignored: it is neither" "$log" >&2 || true
-        echo "[setup] pip install failed" >&2
+        free_gb="$(df -Pk "$venv" | awk 'NR==2 {printf "%.1f", $4 / 1048576}')"
+        echo "[setup] pip install failed ($free_gb GB free where $venv lies; the install needs about 6.5 GB)" >&2
         exit 1
     fi
     grep -v "is ignored: it is neither" "$log" || true
