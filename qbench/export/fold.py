@@ -9,6 +9,12 @@ grid): it becomes part of each output channel's scale, and the codes of W stay a
 The skeleton is the model traced by ``torch.fx`` with every quantized layer a plain float layer
 and every ReLU its own call (``torch.relu``): torchvision's ResNet block calls one ``nn.ReLU``
 module twice, which PT2E quantizers refuse ("Input partition has more than one output node").
+Batch norm is one traced call even where it carries its activation (timm's ``BatchNormAct2d``,
+in EfficientNet and MixNet: batch norm, dropout, activation), so it is folded there too and its
+dropout and activation stay as calls. Traced through, it would reach PT2E as a functional batch
+norm that ``prepare_pt2e`` folds into the conv's weights itself, after qbench's per-channel
+weight scales were fixed: on EfficientNet-B0 W4A4 the int8 model then agreed with the
+simulation on 91 % of images.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+from timm.layers import BatchNormAct2d
 from torch import fx, nn
 
 from qbench.quant.layers import QUANT_LAYERS, QuantConv2d
@@ -63,6 +70,13 @@ def float_copy(model: nn.Module) -> nn.Module:
     return model
 
 
+class BatchNormLeafTracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps every batch norm, subclasses included, one module call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, module_qualified_name)
+
+
 def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
     """(traced float skeleton of ``model`` with BN folded away, {layer name: folded gain and
     bias}) for every conv/linear layer. A BN is folded when it directly follows a conv that has
@@ -70,26 +84,24 @@ def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
     when the model cannot be traced."""
     plain = float_copy(model)
     try:
-        gm = fx.symbolic_trace(plain)
+        gm = fx.GraphModule(plain, BatchNormLeafTracer().trace(plain), type(plain).__name__)
     except Exception as exc:
         raise RuntimeError(f"cannot trace {type(model).__name__}: {exc}") from exc
     modules = dict(gm.named_modules())
     folded: dict[str, Folded] = {}
     for node in list(gm.graph.nodes):
-        if node.op != "call_module":
+        if node.op != "call_module" or not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
             continue
         module = modules[node.target]
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            channels = module.weight.shape[0]
-            users = list(node.users)
-            bn_name = None
-            if (len(users) == 1 and users[0].op == "call_module"
-                    and isinstance(modules[users[0].target], nn.BatchNorm2d)):
-                bn_name = users[0].target
-                users[0].replace_all_uses_with(node)
-                gm.graph.erase_node(users[0])
-            folded[node.target] = fold_batch_norm(module.bias, modules.get(bn_name), channels, bn_name)
-        elif isinstance(module, nn.ReLU):
+        users = list(node.users)
+        bn_name = None
+        if (len(users) == 1 and users[0].op == "call_module"
+                and isinstance(modules[users[0].target], nn.BatchNorm2d)):
+            bn_name = users[0].target
+            _drop_batch_norm(gm, users[0], node, isinstance(modules[bn_name], BatchNormAct2d))
+        folded[node.target] = fold_batch_norm(module.bias, modules.get(bn_name), module.weight.shape[0], bn_name)
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and isinstance(modules[node.target], nn.ReLU):
             with gm.graph.inserting_after(node):
                 relu = gm.graph.call_function(torch.relu, node.args)
             node.replace_all_uses_with(relu)
@@ -98,3 +110,16 @@ def skeleton(model: nn.Module) -> tuple[fx.GraphModule, dict[str, Folded]]:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm, folded
+
+
+def _drop_batch_norm(gm: fx.GraphModule, bn: fx.Node, layer: fx.Node, with_act: bool) -> None:
+    """Remove the batch norm call ``bn`` after ``layer`` (its gain and bias are folded); a
+    ``BatchNormAct2d`` leaves its dropout and activation as calls of its own submodules."""
+    out = layer
+    if with_act:
+        with gm.graph.inserting_after(bn):
+            drop = gm.graph.call_module(f"{bn.target}.drop", (layer,))
+        with gm.graph.inserting_after(drop):
+            out = gm.graph.call_module(f"{bn.target}.act", (drop,))
+    bn.replace_all_uses_with(out)
+    gm.graph.erase_node(bn)
