@@ -139,3 +139,29 @@ def test_the_results_page_needs_the_committed_tables(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert err.startswith("qbench-table: error: --results-page reads the committed tables in results/tables")
+
+
+def exported(bits, method_config, parity, compression=4.0, run_id="r1"):
+    """A record with the export section qbench-export writes (``parity`` as it measures it)."""
+    made = runs(bits, "lsqplus", [90.0])[0]
+    made["config"]["method"] = {"name": "lsqplus", **method_config}
+    made.update(run_id=run_id, export={"parity": parity, "size": {"compression": compression},
+                                       "backend": {"name": "pt2e"}})
+    return made
+
+
+def test_exported_runs_get_one_parity_row_each_and_a_failed_backend_says_why(tmp_path):
+    full = {"images": 2000, "simulated_top1": 86.1, "integer_top1": 86.15, "integer_agreement": 99.95,
+            "integer_max_logit_diff": 14.7, "int8_top1": 86.05, "int8_agreement": 99.9, "int8_max_logit_diff": 15.2}
+    no_int8 = {k: v for k, v in full.items() if not k.startswith("int8")}
+    records = [exported(4, {"config": 4}, full, 7.3), exported(8, {}, no_int8, 4.0, "r2"), *runs(4, "lsq", [91.0])]
+    records[1]["export"]["backend"]["error"] = "skipped (backend=false)"
+    page = results_page(*demo_dirs(tmp_path), records, "x")
+    section = page[page.index("\n## Integer deployment\n"):]
+    assert "2 published runs exported by `qbench-export" in section
+    assert ("| r1 | resnet18 | lsqplus config 4 | W4A4 | 2000 | 86.10 | 86.15 (99.95%, 14.7) | 86.05 (99.90%, 15.2) "
+            "| 7.3× |") in section
+    assert "| r2 | resnet18 | lsqplus | W8A8 | 2000 | 86.10 | 86.15 (99.95%, 14.7) | — (skipped (backend=false)) | 4.0× |" in section
+    assert section.index("| r2 |") < section.index("| r1 |")  # by model, then method
+    (tmp_path / "none").mkdir()
+    assert "## Integer deployment" not in results_page(*demo_dirs(tmp_path / "none"), records[2:], "x")

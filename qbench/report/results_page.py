@@ -2,7 +2,7 @@
 each committed recipe variant of its table (``results/tables/NAME--RECIPE.md``), with the data,
 the recipes, the commands, the git commits and the dates of the runs it shows, its plot, a link to
 the full table and its claims' verdicts (judged by :mod:`qbench.report.verdicts`), below the
-verdict counts over all of them. ``qbench-table --results-page`` writes it from qbench's published
+verdict counts over all of them; last, the parity of every exported run (:mod:`qbench.report.exports`). ``qbench-table --results-page`` writes it from qbench's published
 records; it holds nothing but what the records and the specs say, so it regenerates byte-identical.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import yaml
 
 from qbench.report.claims import Claim, load_claims
 from qbench.report.claims_page import CLAIMS_PAGE, verdict_counts
+from qbench.report.exports import exports_section
 from qbench.report.table import (PUBLISHED_RECORDS, Cell, collect, load_spec, narrow_spec, published_commands,
                                  table_stem)
 from qbench.report.text import plural
@@ -192,6 +193,6 @@ def results_page(table_dir: Path, tables_dir: Path, records: list[dict], read_fr
         _summary(groups),
         "",
     ]
-    body = [line for section in ordered for line in section.lines]
+    body = [line for section in ordered for line in section.lines] + exports_section(records)
     footer = ["", f"Made by: `qbench-table --results-page{flag}`."]
     return "\n".join(head + [s.index for s in ordered] + body + footer) + "\n"

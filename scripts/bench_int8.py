@@ -1,7 +1,7 @@
 """Latency of the int8 CPU model (qbench-export's PT2E backend) against float32, in one process.
 
-    python scripts/bench_export.py [--checkpoint runs/runs/<run id>/checkpoint.pt] [--batches 1 128]
-    python scripts/bench_export.py --model resnet18 mobilenet_v2 --size 224 28 --chans 3 --classes 1000 \
+    python scripts/bench_int8.py [--checkpoint runs/runs/<run id>/checkpoint.pt] [--batches 1 128]
+    python scripts/bench_int8.py --model resnet18 mobilenet_v2 --size 224 28 --chans 3 --classes 1000 \
         --batches 1 64 --out results/deploy.md
 
 The quantized model is the checkpoint's (any uniform-grid run), or without one ``--model`` with
@@ -38,6 +38,10 @@ from qbench.methods import create_method
 from qbench.models import MODELS, create_model, model_spec
 from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+
+PARITY_POINTER = ("Accuracy of the published runs' integer and int8 models against their simulation, and their "
+                  "packed size: [README.md, Integer deployment](README.md#integer-deployment) "
+                  "(`qbench-table --results-page`, from the records `qbench-export` wrote).")
 
 
 def quantized_random(name: str, classes: int, chans: int, size: int, bits: int) -> nn.Module:
@@ -109,9 +113,10 @@ def main() -> None:
                 print(lines[-1], flush=True)
                 torch._dynamo.reset()
     if args.out:
-        command = shlex.join(["python", "scripts/bench_export.py", *sys.argv[1:]])
+        command = shlex.join(["python", "scripts/bench_int8.py", *sys.argv[1:]])
         args.out.write_text(f"# Deployment latency: int8 CPU model against float32\n\n`{command}`\n\n"
-                            f"{datetime.date.today().isoformat()}, {setup}.\n\n" + "\n".join(lines) + "\n")
+                            f"{datetime.date.today().isoformat()}, {setup}.\n\n" + "\n".join(lines) + "\n\n"
+                            f"{PARITY_POINTER}\n")
 
 
 if __name__ == "__main__":
