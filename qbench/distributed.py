@@ -10,8 +10,9 @@ Conventions, so that one recipe means one optimisation at any world size:
   (non-tensor choices made at calibration, such as a signed grid, follow from identical data).
 - Only rank 0 writes: the run's config, checkpoints, TensorBoard logs and the record. The FP
   baseline is trained by whichever process takes its file lock first, without DDP.
-- Batch norm runs per rank on the rank's slice (no SyncBatchNorm); with ``freeze_bn`` it
-  keeps the baseline's statistics, as in a single process.
+- Batch norm runs per rank on the rank's slice unless ``recipe.qat.sync_batchnorm`` makes it
+  ``SyncBatchNorm`` (CUDA only, :mod:`qbench.engine`); with ``freeze_bn`` it keeps the
+  baseline's statistics, as in a single process.
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment) everything is a single process.
 """
