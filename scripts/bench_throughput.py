@@ -13,7 +13,8 @@ steps ÷ the time of the timed steps (the device synchronised around them). Eval
 network without gradients. Data loading: qbench's ImageNet training pipeline (ImageFolder,
 RandomResizedCrop(224), flip, normalise; ``qbench.data.build_data``) over ``--data-images`` JPEGs it
 writes into a temporary folder (or ``--data-root``), with ``--workers`` loader processes.
-``--out`` writes the measured rows into a throughput table (other models' rows kept).
+``--out`` writes the measured rows into a throughput table (other models' rows kept); it refuses a
+run on the CPU, whose numbers would pass for GPU-measured ones in the GPU-hour estimates.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from bench_step import qat_methods, quantized  # noqa: E402  (the sibling benchm
 from qbench.data import build_data  # noqa: E402
 from qbench.models import create_model, model_spec  # noqa: E402
 from qbench.quant.kernels import compile_kernels  # noqa: E402
+from qbench.validate import fail  # noqa: E402
 
 SIZE = 224
 FP = "fp"
@@ -165,8 +167,11 @@ def write_table(path: Path, rows: dict[str, dict], loading: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    compile_kernels(not args.eager)
     device = device_of(args.device)
+    if args.out and device.type != "cuda":
+        fail(f"--out writes the GPU throughput behind dry_run's GPU-hours; this run is on {device.type}: "
+             "measure on a CUDA device, or leave out --out", "bench_throughput.py")
+    compile_kernels(not args.eager)
     rows = {}
     for name in args.models:
         rows[name] = model_row(name, args, device)
