@@ -140,11 +140,20 @@ SHRINK = ["dataset.train_limit=6", "dataset.val_limit=3", "dataset.num_classes=3
           "dataset.pin_memory=false",
           "recipe.batch_size=3", "recipe.eval_batch_size=3", "recipe.qat.max_steps_per_epoch=2",
           "calib.num_images=3", "runtime.device=cpu", "runtime.progress=false", "runtime.compile_quantizers=false"]
-# One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model): LSQ's
-# at the paper's 224 px, the others at 64 px crops of the same JPEGs, which keeps the test short.
+# One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model), and
+# each of the four networks at least once: (experiment, the cell's model or None for the first cell,
+# extra overrides). LSQ's at the paper's 224 px, the others at 64 px crops of the same JPEGs, which
+# keeps the test short.
 SMALL = ["dataset.image_size=64", "dataset.resize=73"]
-END_TO_END = {"lsq_resnet18": [], "lsqplus_table2": [*SMALL, "method.mse_steps=5"], "apot_resnet18": SMALL,
-              "faq_table": SMALL, "attention_round_table": [*SMALL, "method.epochs=1"]}
+END_TO_END = {
+    "lsq_resnet18": ("lsq_resnet18", None, []),
+    "lsqplus_table2": ("lsqplus_table2", None, [*SMALL, "method.mse_steps=5"]),
+    "lsqplus_table3": ("lsqplus_table3", None, [*SMALL, "method.mse_steps=5"]),
+    "apot_resnet18": ("apot_resnet18", None, SMALL),
+    "faq_table": ("faq_table", None, SMALL),
+    "faq_table-mobilenet_v2": ("faq_table", "mobilenet_v2", SMALL),
+    "attention_round_table": ("attention_round_table", None, [*SMALL, "method.epochs=1"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +173,15 @@ def tiny_imagenet(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", sorted(END_TO_END))
 def test_one_paper_cell_of_each_table_runs_end_to_end(name, tiny_imagenet, tmp_path):
-    first = sweep_cells([f"experiment={name}", "protocol=paper"], CONF_DIR)[0]
+    experiment, network, extra = END_TO_END[name]
+    cells = sweep_cells([f"experiment={experiment}", "protocol=paper"], CONF_DIR)
+    first = next(cell for cell in cells if network is None or f"model={network}" in cell)
     model = compose_cell([*first, f"dataset.root={tiny_imagenet}"], CONF_DIR)["model"]["name"]
+    assert network in (None, model)
     weights = tmp_path / "weights.pt"
     torch.save(create_model(model, CLASSES, 3).state_dict(), weights)
     cfg = compose_cell([*first, f"dataset.root={tiny_imagenet}", f"model.weights={weights}", *SHRINK,
-                        *END_TO_END[name], f"paths.runs_dir={tmp_path}/runs",
+                        *extra, f"paths.runs_dir={tmp_path}/runs",
                         f"paths.records_dir={tmp_path}/records"], CONF_DIR)
     cfg["recipe"]["qat"]["epochs"] = min(cfg["recipe"]["qat"]["epochs"], 1)
     record = run(cfg)
