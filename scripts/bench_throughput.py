@@ -14,13 +14,16 @@ network without gradients. Data loading: qbench's ImageNet training pipeline (Im
 RandomResizedCrop(224), flip, normalise; ``qbench.data.build_data``) over ``--data-images`` JPEGs it
 writes into a temporary folder (or ``--data-root``), with ``--workers`` loader processes.
 ``--out`` writes the measured rows into a throughput table (other models' rows kept); it refuses a
-run on the CPU, whose numbers would pass for GPU-measured ones in the GPU-hour estimates.
+run on the CPU, whose numbers would pass for GPU-measured ones in the GPU-hour estimates. ``--page``
+writes the measurement, on any device, as a markdown page with its command.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -58,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", type=Path, help="an existing ImageFolder root (train/) instead")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, help="write the measured rows into this throughput table (YAML)")
+    parser.add_argument("--page", type=Path, help="also write the measurement as a markdown page, with its command")
     return parser.parse_args(argv)
 
 
@@ -190,6 +194,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         write_table(args.out, rows, loading)
         print(f"wrote {args.out}")
+    if args.page:
+        args.page.write_text(page(rows, loading, args))
+        print(f"wrote {args.page}")
+
+
+def page(rows: dict[str, dict], loading: dict, args: argparse.Namespace) -> str:
+    """The measurement as markdown: training images/s per model and method (ratio to FP), evaluation, loading."""
+    command = shlex.join(["python", "scripts/bench_throughput.py", *sys.argv[1:]])
+    device = next(iter(rows.values()))["device"] if rows else "—"
+    lines = [
+        "# Training throughput at 224 px: FP against each QAT method", "", f"`{command}`", "",
+        f"{datetime.date.today().isoformat()}, torch {torch.__version__}, {device}; batch {args.batch}, "
+        f"W{args.bits}A{args.bits} (edge layers at 8 bits), {args.steps} timed steps after {args.warmup} warm-up "
+        f"steps, quantizer kernels {'eager' if args.eager else 'compiled'}. Images/s (FP / method in brackets).",
+        "", "| model | FP train | " + " | ".join(args.methods) + " | FP eval |",
+        "|---|---:|" + "---:|" * (len(args.methods) + 1),
+    ]
+    for name, row in rows.items():
+        train = row["train"]
+        lines.append(f"| {name} | {train[FP]:g} | " + " | ".join(f"{train[m]:g} ({train[FP] / train[m]:.2f}×)"
+                                                              for m in args.methods) + f" | {row['eval']:g} |")
+    lines += ["", f"Data loading (ImageFolder JPEGs, RandomResizedCrop 224, {loading['workers']} workers, "
+                  f"{loading['cpus']} CPUs): {loading['images_per_s']:g} images/s."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

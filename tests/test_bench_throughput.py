@@ -24,12 +24,15 @@ def bench():
         sys.path.remove(str(SCRIPTS))
 
 
-def test_measures_training_and_loading_throughput_on_the_cpu(bench, capsys):
+def test_measures_training_and_loading_throughput_on_the_cpu(bench, capsys, tmp_path):
     bench.main(["--models", "resnet18", "--methods", "lsq", "--batch", "2", "--warmup", "0", "--steps", "1",
-                "--eager", "--data-images", "6", "--workers", "0", "--device", "cpu"])
+                "--eager", "--data-images", "6", "--workers", "0", "--device", "cpu", "--page", str(tmp_path / "t.md")])
     out = capsys.readouterr().out
     assert "resnet18 on " in out and "train images/s FP " in out and ", lsq " in out
     assert "data loading (ImageFolder JPEGs, RandomResizedCrop 224): " in out and "with 0 workers" in out
+    page = (tmp_path / "t.md").read_text()
+    assert "| model | FP train | lsq | FP eval |" in page and "\n| resnet18 | " in page and "×) | " in page
+    assert "0 workers" in page and "batch 2, W4A4" in page
 
 
 def test_out_refuses_a_cpu_run_before_measuring(bench, tmp_path, capsys):
