@@ -19,7 +19,7 @@ want="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing qbench and its dependencies (torch 2.14.1 / torchvision 0.29.1 are pinned)"
     # pip warns about each configured local index folder that is absent: show the rest.
-    # No wheel cache: the CUDA build of torch alone fills about 6 GB of the venv.
+    # No wheel cache (a second copy of what pip fetches): torch's CUDA build alone takes about 6 GB.
     log="$(mktemp)"
     if ! python -m pip install --quiet --no-cache-dir -e "$repo_root[test]" >"$log" 2>&1; then
         grep -v "is ignored: it is neither" "$log" >&2 || true
