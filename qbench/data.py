@@ -240,3 +240,11 @@ def build_data(ds: dict, batch_size: int, eval_batch_size: int, calib_images: in
     if ds["name"] not in DATASETS:
         raise ValueError(f"unknown dataset {ds['name']!r}; allowed: {', '.join(DATASETS)}")
     return DATASETS[ds["name"]](ds, batch_size, eval_batch_size, calib_images, calib_seed, seed)
+
+
+def run_data(cfg: dict) -> Data:
+    """The data of the run with config ``cfg``: its dataset at its recipe's batch sizes, its
+    calibration images and seeds."""
+    recipe = cfg["recipe"]
+    return build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"], cfg["calib"]["num_images"],
+                      cfg["calib"]["seed"], cfg["seed"])

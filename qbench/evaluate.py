@@ -15,7 +15,7 @@ from torch import nn
 
 from qbench import phases
 from qbench.checkpoint import CheckpointError, checkpoint_plan, load_checkpoint, mismatch_reason
-from qbench.data import build_data
+from qbench.data import run_data
 from qbench.engine import evaluate
 from qbench.methods import create_method
 from qbench.models import create_model
@@ -76,9 +76,7 @@ def evaluate_checkpoint(path: Path, overrides: dict[str, object]) -> tuple[dict[
                              f"{', '.join(f'{group}.{k}' for k in sorted(cfg[group]))}")
         cfg[group][field] = value
     settings = settings_of(cfg)
-    recipe = cfg["recipe"]
-    data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"],
-                      cfg["calib"]["num_images"], cfg["calib"]["seed"], cfg["seed"])
+    data = run_data(cfg)
     metrics = evaluate(place(model, settings), data.val, settings.device, settings.channels_last,
                        settings.progress)
     return metrics, meta

@@ -13,7 +13,7 @@ import torch
 from qbench import phases
 from qbench.baseline import fp_source, get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta, load_model_state
-from qbench.data import build_data
+from qbench.data import run_data
 from qbench.distributed import current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
 from qbench.methods import Method, RunFacts, create_method
@@ -166,8 +166,7 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     torch.manual_seed(cfg["seed"])
     recipe = cfg["recipe"]
     try:
-        data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"],
-                          cfg["calib"]["num_images"], cfg["calib"]["seed"], cfg["seed"])
+        data = run_data(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     say(f"run {rid}: {cell.label()}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qbench.data import build_data
+from qbench.data import run_data
 from qbench.engine import evaluate
 from qbench.evaluate import rebuild
 from qbench.quant.base import Quantizer
@@ -80,9 +80,7 @@ def ablate(checkpoint: Path) -> tuple[dict, dict[str, tuple[int, float]]]:
     model, meta = rebuild(checkpoint)
     cfg = meta["config"]
     settings = settings_of({**cfg, "runtime": {**cfg["runtime"], "device": "cpu"}})
-    recipe = cfg["recipe"]
-    data = build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"], cfg["calib"]["num_images"],
-                      cfg["calib"]["seed"], cfg["seed"])
+    data = run_data(cfg)
     out = {}
     for label, quantizers in ablations(model).items():
         for q in quantizers:

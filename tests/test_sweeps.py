@@ -79,7 +79,7 @@ def test_a_crash_is_retried_then_recorded_as_failed(make_config, monkeypatch, ca
         calls.append(1)
         raise OSError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(qbench.run, "build_data", crash)
+    monkeypatch.setattr(qbench.run, "run_data", crash)
     record = qbench.run.run(make_config("retries=2"))
     assert len(calls) == 3 and record["status"] == "failed" and record["attempts"] == 3
     assert record["error"] == "OSError: disk on fire"

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from qbench.checkpoint import CheckpointError
-from qbench.data import Data, build_data
+from qbench.data import Data, run_data
 from qbench.export.affine import NoIntegerForm
 from qbench.export.fold import skeleton
 from qbench.export.integer import integer_reference, layer_forms
@@ -68,13 +68,6 @@ def dataset_config(source: Source, overrides: dict) -> dict:
                          f"{', '.join(f'dataset.{k}' for k in sorted(dataset))}")
         dataset[field] = value
     return dataset
-
-
-def run_data(cfg: dict) -> Data:
-    """The data of the run with config ``cfg`` (its calibration images and test set)."""
-    recipe = cfg["recipe"]
-    return build_data(cfg["dataset"], recipe["batch_size"], recipe["eval_batch_size"], cfg["calib"]["num_images"],
-                      cfg["calib"]["seed"], cfg["seed"])
 
 
 def export(args: dict) -> tuple[dict, Path]:
