@@ -76,9 +76,13 @@ def estimate(cfg: dict, table: dict | None = None) -> Estimate | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print every cell of ``qbench -m <overrides> protocol=paper`` with its estimate, then the total."""
+    """Print every cell of ``qbench -m <overrides> protocol=paper`` with its estimate, then the total;
+    a wider run that a cell starts from (APoT's progressive chain) counts once, also when the sweep
+    itself does not name it."""
     from qbench.cli import CONF_DIR
-    from qbench.sweep import compose_cell, sweep_cells, swept
+    from qbench.identity import run_id
+    from qbench.methods import create_method
+    from qbench.sweep import compose_cell, sweep_cells, swept, wider_configs
 
     overrides = list(sys.argv[1:] if argv is None else argv)
     if not any(o.startswith("protocol=") for o in overrides):
@@ -86,15 +90,22 @@ def main(argv: list[str] | None = None) -> None:
     if not any(o.startswith("dataset.root=") for o in overrides):
         overrides.append("dataset.root=/unused")  # the estimate reads no data
     total, measured = 0.0, True
-    cells = sweep_cells(overrides, CONF_DIR)
+    cells, seen = sweep_cells(overrides, CONF_DIR), set()
     for cell in cells:
-        cfg = compose_cell(cell, CONF_DIR)
-        est = estimate(cfg)
-        label = (f"{cfg['method']['name']} {cfg['model']['name']} W{cfg['wbits']}A{cfg['abits']} "
-                 f"{cfg['recipe']['name']}: {' '.join(swept(cell, cells))}")
-        print(f"{est.describe() if est else 'no estimate'}  {label}")
-        if est:
-            total, measured = total + est.gpu_hours, measured and est.measured
+        swept_overrides = " ".join(swept(cell, cells))
+        target = compose_cell(cell, CONF_DIR)
+        target = {**target, "method": create_method(target["method"]).options()}
+        for cfg in [*wider_configs(target), target]:
+            if run_id(cfg) in seen:
+                continue
+            seen.add(run_id(cfg))
+            est = estimate(cfg)
+            label = (f"{cfg['method']['name']} {cfg['model']['name']} W{cfg['wbits']}A{cfg['abits']} "
+                     f"{cfg['recipe']['name']}: "
+                     + (swept_overrides if cfg is target else f"the wider run that {swept_overrides} starts from"))
+            print(f"{est.describe() if est else 'no estimate'}  {label}")
+            if est:
+                total, measured = total + est.gpu_hours, measured and est.measured
     print(f"total: ~{total:,.0f} GPU-h" + ("" if measured else " (estimate: throughput not measured on a GPU)"))
 
 

@@ -1,6 +1,7 @@
 """One experiment, from a resolved config to a record: ``run(cfg) -> record``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -9,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from qbench import phases
 from qbench.baseline import fp_source, get_baseline
@@ -99,11 +101,33 @@ def run(cfg: dict) -> dict:
     unusable checkpoint is set aside (``checkpoint.pt.corrupt``) and the cell starts over. A
     crash (any exception but a :class:`ConfigError`) is retried ``retries`` times, then
     recorded as ``failed`` with its error line (traceback in the run folder's ``error.log``).
+
+    A cell that starts from another run (APoT's progressive chain,
+    :meth:`~qbench.methods.Method.predecessor`) runs that run first when it has not finished
+    (never forced); if it does not end ``ok``, the cell is recorded ``failed`` without starting.
+    Outside torchrun a cell runs under a lock file (``<runs_dir>/runs/<run id>.lock``), so the
+    parallel jobs of a Slurm sweep that all need one wider run wait for it instead of running it
+    twice.
     """
     cell = prepare_cell(cfg)
     if cfg["dry_run"]:
         say(dry_run_line(cell))
         return {"run_id": cell.run_id, "status": "dry_run"}
+    with cell_lock(cell):
+        return run_cell(cell, cfg)
+
+
+def cell_lock(cell: Cell) -> contextlib.AbstractContextManager:
+    """An exclusive lock on the cell's runs while it runs (none under torchrun: every rank runs the
+    cell, and a rank waiting for a lock would leave the others blocked in a collective)."""
+    if current_world().parallel:
+        return contextlib.nullcontext()
+    cell.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cell.run_dir.parent / f"{cell.run_id}.lock"))
+
+
+def run_cell(cell: Cell, cfg: dict) -> dict:
+    """:func:`run` for a prepared cell, under its lock."""
     previous, problem = previous_record(cell)
     if problem:
         say(f"{problem}; running the cell again")
@@ -111,6 +135,12 @@ def run(cfg: dict) -> dict:
         say(f"run {cell.run_id} is already done: top-1 {previous['metrics']['top1']:.2f} "
             f"(FP {previous['fp']['top1']:.2f}); record {cell.record_path} (force=true reruns it)")
         return previous
+    wanted = cell.method.predecessor(cell.cfg)
+    if wanted is not None:
+        say(f"run {cell.run_id} ({cell.label()}) starts from the run of the same config one bit wider")
+        before = run({**wanted, "force": False, "dry_run": False})
+        if before["status"] != "ok":
+            return failed(cell, f"it starts from run {before['run_id']}, which ended {before['status']}", 0)
     crashes = 0
     while True:
         try:

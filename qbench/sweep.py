@@ -74,6 +74,17 @@ def predecessor_checkpoint(cell: Cell) -> tuple[str, Path] | None:
     return before.run_id, before.checkpoint
 
 
+def wider_configs(cfg: dict) -> list[dict]:
+    """The configs of the runs a cell (``cfg``, method options resolved) starts from, widest
+    first: APoT's progressive chain, empty for most methods; whether they have run or not."""
+    chain: list[dict] = []
+    wanted = create_method(cfg["method"]).predecessor(cfg)
+    while wanted is not None:
+        chain.insert(0, wanted)
+        wanted = create_method(wanted["method"]).predecessor(wanted)
+    return chain
+
+
 def check_skip_layers(cfg: dict) -> None:
     """Every name in ``quant.skip_layers`` must be a conv/linear layer of the model."""
     skip = cfg["quant"]["skip_layers"]
@@ -138,9 +149,17 @@ def cell_state(cell: Cell) -> tuple[str, str]:
 
 
 def dry_run_line(cell: Cell) -> str:
-    """One line for ``dry_run=true``: run id, state, what the cell is, detail, and for an ImageNet
-    cell its estimated GPU-hours (:mod:`qbench.cost`)."""
+    """One line for ``dry_run=true``: run id, state, what the cell is, detail (with the unfinished
+    run it starts from, which runs first), and for an ImageNet cell its estimated GPU-hours
+    (:mod:`qbench.cost`)."""
     state, detail = cell_state(cell)
+    wanted = cell.method.predecessor(cell.cfg)
+    if wanted is not None and state != "done":
+        before = prepare_cell(wanted)
+        before_state = cell_state(before)[0]
+        if before_state != "done":
+            detail = "; ".join(filter(None, [detail, f"starts from run {before.run_id} ({before.label()}, "
+                                                      f"{before_state}), which runs first"]))
     cost = estimate(cell.cfg)
     return (f"dry run: {cell.run_id} {state:<8} {cell.label()}" + (f" ({detail})" if detail else "")
             + (f" [{cost.describe()}]" if cost else ""))

@@ -50,3 +50,15 @@ def test_dry_run_of_a_paper_sweep_lists_gpu_hours(tmp_path):
     lines = [line for line in out.stdout.splitlines() if "dry run:" in line]
     assert len(lines) == 3 and all("lsq resnet18 on imagenet" in line and "GPU-h (estimate" in line for line in lines)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_cost_of_a_sweep_counts_each_wider_run_of_the_apot_chain_once(capsys):
+    from qbench.cost import main
+
+    main(["experiment=apot_ablation"])
+    lines = capsys.readouterr().out.splitlines()
+    cells = [line for line in lines if "apot resnet18" in line]
+    wider = [line for line in cells if "the wider run that" in line]
+    assert len(cells) == 9 and len(wider) == 6  # 3 level sets x (W5A5, W4A4, W3A3); W4A4 once each
+    assert sum("W5A5" in line for line in wider) == 3 and sum("W4A4" in line for line in wider) == 3
+    assert lines[-1].startswith("total: ~") and "not measured on a GPU" in lines[-1]

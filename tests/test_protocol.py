@@ -4,6 +4,7 @@ every table, refuses proxy recipes, and runs one cell of each table end to end o
 with a saved state dict as its pretrained weights."""
 from __future__ import annotations
 
+import json
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -108,6 +109,7 @@ def test_paper_recipes_by_method(empty_root):
     apot = paper_cells("apot_resnet18", empty_root)[0].cfg
     assert (apot["recipe"]["batch_size"], apot["recipe"]["qat"]["epochs"]) == (1024, 120)
     assert (apot["method"]["alpha_lr_scale"], apot["method"]["alpha_weight_decay"]) == (0.1, 1e-4)
+    assert {c.cfg["method"]["progressive_from"] for c in paper_cells("apot_ablation", empty_root)} == {5}
     faq = {c.cfg["wbits"]: (c.cfg["recipe"]["name"], c.cfg["calib"]["num_images"])
            for c in paper_cells("faq_table", empty_root)}
     assert faq == {8: ("faq_imagenet_8bit", 2000), 4: ("faq_imagenet_4bit", 2000)}
@@ -141,15 +143,15 @@ SHRINK = ["dataset.train_limit=6", "dataset.val_limit=3", "dataset.num_classes=3
           "recipe.batch_size=3", "recipe.eval_batch_size=3", "recipe.qat.max_steps_per_epoch=2",
           "calib.num_images=3", "runtime.device=cpu", "runtime.progress=false", "runtime.compile_quantizers=false"]
 # One cell of each table's paper protocol (the LSQ+ tables share one recipe and differ by model), and
-# each of the four networks at least once: (experiment, the cell's model or None for the first cell,
-# extra overrides). LSQ's at the paper's 224 px, the others at 64 px crops of the same JPEGs, which
-# keeps the test short.
+# each of the four networks at least once: (experiment, the cell's model or one of its overrides, or
+# None for the first cell, extra overrides). LSQ's at the paper's 224 px, the others at 64 px crops of
+# the same JPEGs, which keeps the test short.
 SMALL = ["dataset.image_size=64", "dataset.resize=73"]
 END_TO_END = {
     "lsq_resnet18": ("lsq_resnet18", None, []),
     "lsqplus_table2": ("lsqplus_table2", None, [*SMALL, "method.mse_steps=5"]),
     "lsqplus_table3": ("lsqplus_table3", None, [*SMALL, "method.mse_steps=5"]),
-    "apot_resnet18": ("apot_resnet18", None, SMALL),
+    "apot_resnet18": ("apot_resnet18", "bits=3", SMALL),  # the progressive chain: runs W5A5 and W4A4 first
     "faq_table": ("faq_table", None, SMALL),
     "faq_table-mobilenet_v2": ("faq_table", "mobilenet_v2", SMALL),
     "attention_round_table": ("attention_round_table", None, [*SMALL, "method.epochs=1"]),
@@ -173,11 +175,10 @@ def tiny_imagenet(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", sorted(END_TO_END))
 def test_one_paper_cell_of_each_table_runs_end_to_end(name, tiny_imagenet, tmp_path):
-    experiment, network, extra = END_TO_END[name]
+    experiment, choice, extra = END_TO_END[name]
     cells = sweep_cells([f"experiment={experiment}", "protocol=paper"], CONF_DIR)
-    first = next(cell for cell in cells if network is None or f"model={network}" in cell)
+    first = next(cell for cell in cells if choice is None or choice in cell or f"model={choice}" in cell)
     model = compose_cell([*first, f"dataset.root={tiny_imagenet}"], CONF_DIR)["model"]["name"]
-    assert network in (None, model)
     weights = tmp_path / "weights.pt"
     torch.save(create_model(model, CLASSES, 3).state_dict(), weights)
     cfg = compose_cell([*first, f"dataset.root={tiny_imagenet}", f"model.weights={weights}", *SHRINK,
@@ -188,3 +189,9 @@ def test_one_paper_cell_of_each_table_runs_end_to_end(name, tiny_imagenet, tmp_p
     assert record["status"] == "ok", record.get("error")
     assert record["config"]["dataset"]["name"] == "imagenet" and record["config"]["recipe"]["fp"] is None
     assert (tmp_path / "records" / f"{record['run_id']}.json").is_file()
+    chain = [record]
+    while "started_from" in chain[-1]:
+        chain.append(json.loads((tmp_path / "records" / f"{chain[-1]['started_from']}.json").read_text()))
+    widths = [r["config"]["wbits"] for r in chain]
+    assert widths == ([3, 4, 5] if experiment == "apot_resnet18" else [widths[0]])
+    assert all(r["status"] == "ok" for r in chain)

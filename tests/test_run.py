@@ -163,14 +163,10 @@ def test_identity_uses_the_options_as_the_method_resolves_them(make_config):
     assert rid("method.config=4") != rid("method.config=3")
 
 
-def test_the_progressive_apot_chain_starts_each_bit_width_from_the_wider_run(make_config, monkeypatch):
-    chain = ["method=apot", "method.progressive_from=3", "recipe=local_short_bn"]
-    with pytest.raises(ConfigError, match="which has not finished: run that first"):
-        run(make_config(*chain, "bits=2"))
-    wider = run(make_config(*chain, "bits=3"))
-    assert wider["status"] == "ok" and "started_from" not in wider
-    wider_state = torch.load(Path(make_config()["paths"]["runs_dir"]) / "runs" / wider["run_id"] / "checkpoint.pt",
-                             weights_only=True)["model"]
+APOT_CHAIN = ["method=apot", "method.progressive_from=3", "recipe=local_short_bn"]
+
+
+def test_the_progressive_apot_chain_runs_the_wider_run_first_and_starts_from_it(make_config, monkeypatch):
     loaded = []
 
     def spy(path, model):
@@ -178,8 +174,56 @@ def test_the_progressive_apot_chain_starts_each_bit_width_from_the_wider_run(mak
         loaded.append({k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)})
 
     monkeypatch.setattr("qbench.run.load_model_state", spy)
-    narrower = run(make_config(*chain, "bits=2"))
-    assert narrower["status"] == "ok" and narrower["started_from"] == wider["run_id"]
+    narrower = run(make_config(*APOT_CHAIN, "bits=2"))
+    assert narrower["status"] == "ok" and narrower["config"]["wbits"] == 2
+    records = Path(make_config()["paths"]["records_dir"])
+    wider = json.loads((records / f"{narrower['started_from']}.json").read_text())
+    assert wider["status"] == "ok" and wider["config"]["wbits"] == 3 and "started_from" not in wider
+    wider_state = torch.load(Path(make_config()["paths"]["runs_dir"]) / "runs" / wider["run_id"] / "checkpoint.pt",
+                             weights_only=True)["model"]
     tensors = {k: v for k, v in wider_state.items() if isinstance(v, torch.Tensor)}
-    assert loaded and tensors.keys() == loaded[0].keys()
+    assert len(loaded) == 1 and tensors.keys() == loaded[0].keys()
     assert all(torch.equal(loaded[0][k], v) for k, v in tensors.items())
+    assert run(make_config(*APOT_CHAIN, "bits=3"))["created"] == wider["created"]  # done: not run again
+
+
+def test_a_cell_whose_wider_run_does_not_end_ok_is_recorded_failed_without_starting(make_config, monkeypatch):
+    started = []
+
+    def diverges(cell, attempt=1):
+        started.append(cell.cfg["wbits"])
+        return {"run_id": cell.run_id, "status": "diverged"}
+
+    monkeypatch.setattr("qbench.run.execute", diverges)
+    record = run(make_config(*APOT_CHAIN, "bits=2"))
+    assert started == [3]
+    assert record["status"] == "failed" and record["attempts"] == 0
+    assert record["error"].startswith("it starts from run ") and record["error"].endswith("which ended diverged")
+
+
+def test_a_dry_run_says_which_wider_run_runs_first(make_config, capsys):
+    record = run(make_config(*APOT_CHAIN, "bits=2", "dry_run=true"))
+    line = capsys.readouterr().out.strip()
+    assert record["status"] == "dry_run" and line.startswith(f"[qbench] dry run: {record['run_id']} new")
+    assert "W2A2" in line and line.endswith("W3A3 seed 0, new), which runs first)")
+    assert not Path(make_config()["paths"]["runs_dir"]).exists()
+
+
+def test_a_cell_waits_while_another_process_holds_its_lock(make_config, monkeypatch):
+    import threading
+
+    from filelock import FileLock
+
+    from qbench.sweep import prepare_cell
+
+    cfg = make_config("method=lsq")
+    cell = prepare_cell(cfg)
+    started = threading.Event()
+    monkeypatch.setattr("qbench.run.execute", lambda cell, attempt=1: started.set() or {"status": "ok"})
+    cell.run_dir.parent.mkdir(parents=True)
+    with FileLock(str(cell.run_dir.parent / f"{cell.run_id}.lock")):
+        worker = threading.Thread(target=run, args=(cfg,))
+        worker.start()
+        assert not started.wait(1.0)  # blocked by the lock
+    worker.join(10)
+    assert started.is_set() and not worker.is_alive()
