@@ -68,9 +68,12 @@ def predecessor_checkpoint(cell: Cell) -> tuple[str, Path] | None:
         return None
     before = prepare_cell(wanted)
     record, _ = previous_record(before)
-    if record is None or record["status"] != "ok" or not before.checkpoint.is_file():
+    if record is None or record["status"] != "ok":
         raise ConfigError(f"run {cell.run_id} ({cell.label()}) starts from run {before.run_id} "
                           f"({before.label()}), which has not finished: run that first")
+    if not before.checkpoint.is_file():
+        raise ConfigError(f"run {cell.run_id} ({cell.label()}) starts from run {before.run_id}, whose record says "
+                          f"ok but whose checkpoint {before.checkpoint} is missing: run that one again with force=true")
     return before.run_id, before.checkpoint
 
 

@@ -12,7 +12,6 @@ from qbench.checkpoint import load_model_state
 from qbench.methods import METHODS
 from qbench.models import MODELS
 from qbench.run import qat_recipe, run
-from qbench.validate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHRINK = {"adaround": ["method.iterations=2"]}  # methods whose defaults are too long for a smoke test
@@ -227,3 +226,15 @@ def test_a_cell_waits_while_another_process_holds_its_lock(make_config, monkeypa
         assert not started.wait(1.0)  # blocked by the lock
     worker.join(10)
     assert started.is_set() and not worker.is_alive()
+
+
+def test_a_wider_run_whose_checkpoint_is_gone_is_one_line(make_config):
+    import shutil
+
+    from qbench.validate import ConfigError
+
+    wider = run(make_config(*APOT_CHAIN, "bits=3"))
+    shutil.rmtree(Path(make_config()["paths"]["runs_dir"]) / "runs" / wider["run_id"])
+    with pytest.raises(ConfigError, match=f"starts from run {wider['run_id']}, whose record says ok but whose "
+                                          "checkpoint .* is missing: run that one again with force=true"):
+        run(make_config(*APOT_CHAIN, "bits=2"))
