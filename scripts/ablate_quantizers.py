@@ -18,7 +18,6 @@ import datetime
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,27 +31,20 @@ from qbench.quant.calibrate import quantized_layers
 from qbench.run import settings_of
 from qbench.validate import fail
 
-Role = Callable[[str, nn.Module, list[str]], bool]
+ROLES = ("first layer", "last layer", "depthwise convs", "pointwise (1×1) convs", "other convs and linear layers")
 
 
-def _kernel_one(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv2d) and all(k == 1 for k in layer.kernel_size)
-
-
-def _depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels
-
-
-ROLES: dict[str, Role] = {
-    "first layer": lambda name, layer, names: name == names[0],
-    "last layer": lambda name, layer, names: name == names[-1],
-    "depthwise convs": lambda name, layer, names: name not in (names[0], names[-1]) and _depthwise(layer),
-    "pointwise (1×1) convs": lambda name, layer, names: name not in (names[0], names[-1]) and _kernel_one(layer),
-    "other convs and linear layers": lambda name, layer, names: (name not in (names[0], names[-1])
-                                                                 and not _depthwise(layer)
-                                                                 and not _kernel_one(layer)),
-    "every layer": lambda name, layer, names: True,
-}
+def role(name: str, layer: nn.Module, names: list[str]) -> str:
+    """The one role of :data:`ROLES` that the layer ``name`` plays among the quantized ``names``."""
+    if name == names[0]:
+        return "first layer"
+    if name == names[-1]:
+        return "last layer"
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1 and layer.groups == layer.in_channels:
+        return "depthwise convs"
+    if isinstance(layer, nn.Conv2d) and all(k == 1 for k in layer.kernel_size):
+        return "pointwise (1×1) convs"
+    return "other convs and linear layers"
 
 
 def _signed(q: Quantizer) -> bool:
@@ -65,9 +57,11 @@ def ablations(model: nn.Module) -> dict[str, list[Quantizer]]:
     names = list(layers)
     rows: dict[str, list[Quantizer]] = {"none (the run as trained)": []}
     for part, attribute in (("weights", "weight_quantizer"), ("inputs", "input_quantizer")):
-        for role, member in ROLES.items():
-            chosen = [getattr(layer, attribute) for name, layer in layers.items() if member(name, layer, names)]
-            rows[f"{part} of {role}"] = [q for q in chosen if isinstance(q, Quantizer)]
+        quantizers = {name: getattr(layer, attribute) for name, layer in layers.items()}
+        for label in ROLES:
+            rows[f"{part} of {label}"] = [q for name, q in quantizers.items()
+                                          if isinstance(q, Quantizer) and role(name, layers[name], names) == label]
+        rows[f"{part} of every layer"] = [q for q in quantizers.values() if isinstance(q, Quantizer)]
     inputs = [layer.input_quantizer for layer in layers.values() if isinstance(layer.input_quantizer, Quantizer)]
     rows["inputs on a signed grid"] = [q for q in inputs if _signed(q)]
     rows["inputs on an unsigned grid"] = [q for q in inputs if not _signed(q)]

@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from torch._inductor import config as inductor_config
 
-from qbench import phases
 from qbench.evaluate import rebuild
 from qbench.export.backend import int8_model
 from qbench.export.fold import float_copy
-from qbench.methods import create_method
 from qbench.models import MODELS, create_model, model_spec
 from qbench.provenance import cpu_name
-from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_step import quantized  # noqa: E402  (the sibling benchmark's model builder)
 
 PARITY_POINTER = ("Accuracy of the published runs' integer and int8 models against their simulation, and their "
                   "packed size: [README.md, Integer deployment](README.md#integer-deployment) "
@@ -45,14 +45,10 @@ PARITY_POINTER = ("Accuracy of the published runs' integer and int8 models again
 
 
 def quantized_random(name: str, classes: int, chans: int, size: int, bits: int) -> nn.Module:
-    """``name`` with LSQ quantizers at ``bits`` (edge layers at 8 bits) initialised on random data."""
-    model = create_model(name, classes, chans).eval()
-    spec = model_spec(name)
-    method = create_method({"name": "lsq"})
-    plan = plan_precision(model, bits, bits, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
-    model = phases.prepare(model, plan, method)
-    method.initialize(model, [torch.randn(8, chans, size, size)], False)
-    return model.eval()
+    """``name`` with LSQ quantizers at ``bits`` (edge layers at 8 bits) initialised on random data,
+    built as the training-step benchmark builds its models (``bench_step.quantized``)."""
+    fp = create_model(name, classes, chans).eval()
+    return quantized(fp, model_spec(name), "lsq", bits, torch.randn(8, chans, size, size)).eval()
 
 
 @torch.no_grad()
