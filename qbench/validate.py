@@ -200,6 +200,9 @@ def validate(cfg: dict) -> None:
             read_state_dict(weights)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    device = cfg["runtime"]["device"]
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"runtime.device={device!r} is not allowed; use auto, cpu or cuda")
+    runtime = cfg["runtime"]
+    if runtime["device"] not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"runtime.device={runtime['device']!r} is not allowed; use auto, cpu or cuda")
+    for flag in ("channels_last", "compile_quantizers", "progress"):
+        _check_bool(f"runtime.{flag}", runtime[flag])
+    _check_positive_int("runtime.log_every", runtime["log_every"])
