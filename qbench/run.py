@@ -24,7 +24,8 @@ from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
-from qbench.sweep import Cell, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record, set_aside
+from qbench.sweep import (Cell, cell_state, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record,
+                          set_aside)
 from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer
 from qbench.validate import ConfigError
 
@@ -113,6 +114,8 @@ def run(cfg: dict) -> dict:
     if cfg["dry_run"]:
         say(dry_run_line(cell))
         return {"run_id": cell.run_id, "status": "dry_run"}
+    if not cfg["force"] and cell_state(cell)[0] == "done":
+        return run_cell(cell, cfg)  # reports the record; a finished cell needs no lock file
     with cell_lock(cell):
         return run_cell(cell, cfg)
 
@@ -127,7 +130,8 @@ def cell_lock(cell: Cell) -> contextlib.AbstractContextManager:
 
 
 def run_cell(cell: Cell, cfg: dict) -> dict:
-    """:func:`run` for a prepared cell, under its lock."""
+    """:func:`run` for a prepared cell, under its lock unless it is done: its record is read here,
+    after the lock, since another process may have finished the cell meanwhile."""
     previous, problem = previous_record(cell)
     if problem:
         say(f"{problem}; running the cell again")

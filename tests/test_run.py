@@ -241,3 +241,12 @@ def test_a_wider_run_whose_checkpoint_is_gone_is_one_line(make_config):
     with pytest.raises(ConfigError, match=f"starts from run {wider['run_id']}, whose record says ok but whose "
                                           "checkpoint .* is missing: run that one again with force=true"):
         run(make_config(*APOT_CHAIN, "bits=2"))
+
+
+def test_a_finished_cell_is_skipped_without_a_lock_file(make_config):
+    cfg = make_config("method=lsq")
+    first = run(cfg)
+    runs = Path(make_config()["paths"]["runs_dir"]) / "runs"
+    (runs / f"{first['run_id']}.lock").unlink()
+    assert run(cfg)["created"] == first["created"]
+    assert not (runs / f"{first['run_id']}.lock").exists()
