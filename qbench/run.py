@@ -25,7 +25,7 @@ from qbench.quant.convert import LayerPrecision
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
 from qbench.sweep import (Cell, cell_state, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record,
-                          set_aside)
+                          set_aside, wider_cell)
 from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer
 from qbench.validate import ConfigError
 
@@ -139,10 +139,10 @@ def run_cell(cell: Cell, cfg: dict) -> dict:
         say(f"run {cell.run_id} is already done: top-1 {previous['metrics']['top1']:.2f} "
             f"(FP {previous['fp']['top1']:.2f}); record {cell.record_path} (force=true reruns it)")
         return previous
-    wanted = cell.method.predecessor(cell.cfg)
-    if wanted is not None:
-        say(f"run {cell.run_id} ({cell.label()}) starts from the run of the same config one bit wider")
-        before = run({**wanted, "force": False, "dry_run": False})
+    wider = wider_cell(cell)
+    if wider is not None:
+        say(f"run {cell.run_id} ({cell.label()}) starts from run {wider.run_id} ({wider.label()})")
+        before = run({**wider.cfg, "force": False, "dry_run": False})
         if before["status"] != "ok":
             return failed(cell, f"it starts from run {before['run_id']}, which ended {before['status']}", 0)
     crashes = 0

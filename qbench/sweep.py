@@ -63,10 +63,9 @@ def predecessor_checkpoint(cell: Cell) -> tuple[str, Path] | None:
     """The run id and final checkpoint of the finished run this cell starts from
     (:meth:`~qbench.methods.Method.predecessor`), ``None`` if it starts from the FP baseline;
     raises :class:`ConfigError` while that run has not finished."""
-    wanted = cell.method.predecessor(cell.cfg)
-    if wanted is None:
+    before = wider_cell(cell)
+    if before is None:
         return None
-    before = prepare_cell(wanted)
     record, _ = previous_record(before)
     if record is None or record["status"] != "ok":
         raise ConfigError(f"run {cell.run_id} ({cell.label()}) starts from run {before.run_id} "
@@ -75,6 +74,13 @@ def predecessor_checkpoint(cell: Cell) -> tuple[str, Path] | None:
         raise ConfigError(f"run {cell.run_id} ({cell.label()}) starts from run {before.run_id}, whose record says "
                           f"ok but whose checkpoint {before.checkpoint} is missing: run that one again with force=true")
     return before.run_id, before.checkpoint
+
+
+def wider_cell(cell: Cell) -> Cell | None:
+    """The cell of the run ``cell`` starts from (:meth:`~qbench.methods.Method.predecessor`), ``None``
+    when it starts from the FP baseline."""
+    wanted = cell.method.predecessor(cell.cfg)
+    return None if wanted is None else prepare_cell(wanted)
 
 
 def wider_configs(cfg: dict) -> list[dict]:
@@ -156,9 +162,8 @@ def dry_run_line(cell: Cell) -> str:
     run it starts from, which runs first), and for an ImageNet cell its estimated GPU-hours
     (:mod:`qbench.cost`)."""
     state, detail = cell_state(cell)
-    wanted = cell.method.predecessor(cell.cfg)
-    if wanted is not None and state != "done":
-        before = prepare_cell(wanted)
+    before = wider_cell(cell) if state != "done" else None
+    if before is not None:
         before_state = cell_state(before)[0]
         if before_state != "done":
             detail = "; ".join(filter(None, [detail, f"starts from run {before.run_id} ({before.label()}, "
