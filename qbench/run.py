@@ -22,6 +22,7 @@ from qbench.methods import Method, RunFacts, create_method
 from qbench.provenance import git_state, versions
 from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
+from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
 from qbench.report.records import write_record
 from qbench.sweep import (Cell, cell_state, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record,
@@ -56,10 +57,13 @@ def place(model: torch.nn.Module, settings: TrainSettings) -> torch.nn.Module:
 
 def quantize(model: torch.nn.Module, method: Method, cfg: dict, calibration: list[torch.Tensor],
              settings: TrainSettings, writer: Any, resuming: bool) -> tuple[torch.nn.Module, dict[str, LayerPrecision]]:
-    """The phases before fine-tuning: plan, prepare (on the run's device), initialise — skipped
-    when resuming, since the checkpoint holds the quantizers; initial values to TensorBoard."""
+    """The phases before fine-tuning: plan, prepare (on the run's device; batch norms fused with
+    the next layer's input quantizer for training where ``runtime.fuse_batch_norm``), initialise —
+    skipped when resuming, since the checkpoint holds the quantizers; initial values to TensorBoard."""
     plan = phases.plan_layers(model, cfg, method)
     model = place(phases.prepare(model, plan, method), settings)
+    if method.trains and cfg["runtime"]["fuse_batch_norm"]:
+        fuse_activation_quantizers(model)
     if not resuming:
         phases.initialize(model, method, cfg, calibration)
         log_values(writer, "quantizer", quantizer_values(model))

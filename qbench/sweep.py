@@ -52,7 +52,7 @@ def prepare_cell(cfg: dict) -> Cell:
     method = create_method(cfg["method"])
     check_skip_layers(cfg)
     check_weights(cfg)
-    check_training(cfg["recipe"])
+    check_training(cfg["recipe"], cfg["runtime"])
     cfg = {**cfg, "method": method.options()}
     rid = run_id(cfg)
     return Cell(cfg, method, rid, Path(cfg["paths"]["records_dir"]) / f"{rid}.json",
@@ -107,12 +107,16 @@ def check_skip_layers(cfg: dict) -> None:
                           f"{cfg['model']['name']}; its layers: {', '.join(layers[:6])}, ...")
 
 
-def check_training(recipe: dict) -> None:
-    """The recipe's optional fine-tuning fields: ``sync_batchnorm`` (true / false) and
+def check_training(recipe: dict, runtime: dict) -> None:
+    """The recipe's optional fine-tuning fields: ``sync_batchnorm`` (true / false, not with
+    ``runtime.fuse_batch_norm``: ``SyncBatchNorm`` would replace the fused modules) and
     ``mixed_precision`` (null or a key of :data:`qbench.engine.MIXED_PRECISION`)."""
     qat = recipe.get("qat") or {}
     if not isinstance(qat.get("sync_batchnorm", False), bool):
         raise ConfigError(f"recipe.qat.sync_batchnorm={qat['sync_batchnorm']!r} is not allowed; use true or false")
+    if qat.get("sync_batchnorm") and runtime["fuse_batch_norm"]:
+        raise ConfigError("runtime.fuse_batch_norm=true is not allowed with recipe.qat.sync_batchnorm=true "
+                          "(SyncBatchNorm replaces the fused batch norms); set one of them false")
     if qat.get("mixed_precision") not in (None, *MIXED_PRECISION):
         raise ConfigError(f"recipe.qat.mixed_precision={qat['mixed_precision']!r} is not allowed; "
                           f"use null (float32) or {', '.join(MIXED_PRECISION)}")

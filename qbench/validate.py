@@ -203,6 +203,6 @@ def validate(cfg: dict) -> None:
     runtime = cfg["runtime"]
     if runtime["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device={runtime['device']!r} is not allowed; use auto, cpu or cuda")
-    for flag in ("channels_last", "compile_quantizers", "progress"):
+    for flag in ("channels_last", "compile_quantizers", "fuse_batch_norm", "progress"):
         _check_bool(f"runtime.{flag}", runtime[flag])
     _check_positive_int("runtime.log_every", runtime["log_every"])

@@ -4,6 +4,7 @@
     python scripts/bench_step.py --models resnet18 --methods lsq apot
     python scripts/bench_step.py --out results/bench.md           # also write the table page
     python scripts/bench_step.py --compile-model --out results/bench-compiled.md  # whole networks compiled
+    python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # runtime.fuse_batch_norm
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -37,6 +38,7 @@ from qbench.models import MODELS, ModelSpec, create_model, model_spec
 from qbench.phases import prepare
 from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
 
 BREVITAS = "brevitas"
@@ -78,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=3, help="training steps before a child reads its peak RSS")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
+    parser.add_argument("--fuse-batch-norm", action="store_true",
+                        help="QAT networks with batch norm, activation and LSQ/LSQ+ input quantizer fused (runtime.fuse_batch_norm)")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
@@ -98,15 +102,19 @@ def batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.randint(0, 10, (args.batch,))
 
 
-def quantized(fp: nn.Module, spec: ModelSpec, method_name: str, bits: int, x: torch.Tensor) -> nn.Module:
+def quantized(fp: nn.Module, spec: ModelSpec, method_name: str, bits: int, x: torch.Tensor,
+              fuse_batch_norm: bool = False) -> nn.Module:
     """A copy of ``fp`` quantized by ``method_name`` at ``bits`` (edge layers by the default
-    ``EdgeLayerPolicy``), its quantizers initialised on a slice of ``x``."""
+    ``EdgeLayerPolicy``), its quantizers initialised on a slice of ``x``; with ``fuse_batch_norm``,
+    its batch norms fused with the next layer's input quantizer as ``runtime.fuse_batch_norm`` does."""
     if method_name == BREVITAS:
         return brevitas_quantized(fp, spec, bits)
     quant = copy.deepcopy(fp)
     method = create_method({"name": method_name})
     plan = plan_precision(quant, bits, bits, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
     quant = prepare(quant, method.adjust_plan(quant, plan), method)
+    if fuse_batch_norm:
+        fuse_activation_quantizers(quant)
     method.initialize(quant, [x[:32]], train_mode=False)
     return quant
 
@@ -143,7 +151,7 @@ def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torc
     torch.manual_seed(0)
     fp = create_model(model_name, 10, args.chans)
     spec = model_spec(model_name)
-    models = {m: fp if m == FP else quantized(fp, spec, m, args.bits, x) for m in methods}
+    models = {m: fp if m == FP else quantized(fp, spec, m, args.bits, x, args.fuse_batch_norm) for m in methods}
     models = {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
     return {k: torch.compile(m) for k, m in models.items()} if args.compile_model else models
 
@@ -213,7 +221,7 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> fl
            "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
-    cmd += ["--compile-model"] * args.compile_model
+    cmd += ["--compile-model"] * args.compile_model + ["--fuse-batch-norm"] * args.fuse_batch_norm
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
@@ -248,7 +256,8 @@ def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
-    return f"quantizer kernels {'eager' if args.eager else 'compiled'}"
+    fused = ", batch norm + activation + LSQ/LSQ+ input quantizer fused (--fuse-batch-norm)" if args.fuse_batch_norm else ""
+    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{fused}"
 
 
 def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:

@@ -9,6 +9,7 @@ import torch
 from qbench.quant.apot import LevelTable, RCFQuantize, apot_levels
 from qbench.quant.attention_round import attention_round, mse_step
 from qbench.quant.faq import FixedPointFakeQuant
+from qbench.quant.fused import BatchNormActQuant
 from qbench.quant.kernels import compile_kernels
 from qbench.quant.lsq import LearnedStepFakeQuant
 
@@ -64,11 +65,25 @@ def attention() -> Tensors:
     return [out, offset.grad]
 
 
+def batch_norm_act_quant(act: str) -> Callable[[], Tensors]:
+    def case() -> Tensors:
+        x = channels_last(8, 6, 5, 4, scale=2).requires_grad_(True)
+        weight, bias = (torch.rand(6) + 0.5).requires_grad_(True), torch.randn(6).requires_grad_(True)
+        s, b = torch.tensor(0.3, requires_grad=True), torch.tensor(-0.2, requires_grad=True)
+        running_mean, running_var = torch.zeros(6), torch.ones(6)
+        out = BatchNormActQuant.apply(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, act, s, b,
+                                      -8, 7, 0.5)
+        out.backward(torch.randn(8, 6, 5, 4))
+        return [out, x.grad, weight.grad, bias.grad, s.grad, b.grad, running_mean, running_var]
+    return case
+
+
 def rounding_error() -> Tensors:
     return [mse_step(torch.randn(4, 500), torch.full((4, 1), 0.5), -8, 7)]
 
 
 CASES = {"lsq": learned_step(False), "lsqplus_offset": learned_step(True), "apot_rcf": apot_rcf,
+         "batch_norm_relu6_lsqplus": batch_norm_act_quant("relu6"), "batch_norm_silu_lsqplus": batch_norm_act_quant("silu"),
          "faq_fixed_point": fixed_point, "attention_round": attention, "attention_round_mse_step": rounding_error}
 # (rtol, atol) where not assert_close's float32 defaults: APoT's weight normalisation takes the
 # mean and std by fused reductions, whose summation order is not eager's; the one-ulp differences

@@ -8,6 +8,7 @@ and is cached on disk.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -44,7 +45,14 @@ def compile_kernels(enabled: bool) -> None:
 
 def memory_order(t: torch.Tensor) -> tuple[int, ...]:
     """The dimension order in which ``t``'s elements lie in memory (outermost first)."""
-    return tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d))))
+    return _memory_order(t.shape, t.stride())
+
+
+@functools.lru_cache(maxsize=4096)
+def _memory_order(shape: torch.Size, stride: tuple[int, ...]) -> tuple[int, ...]:
+    """:func:`memory_order` of a layout, computed once per layout (a quantizer is called on the
+    same few layouts every step)."""
+    return tuple(sorted(range(len(shape)), key=lambda d: (-stride[d], -shape[d])))
 
 
 def flatten(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:

@@ -72,6 +72,12 @@ def _take_over(quantized: nn.Module, layer: nn.Module, weight_quantizer: Quantiz
     quantized.weight_quantizer = nn.Identity() if weight_quantizer is None else weight_quantizer
     quantized.input_quantizer = nn.Identity() if input_quantizer is None else input_quantizer
     quantized.weight_cache = QuantizedWeightCache()
+    quantized.input_fused = False  # set where the module before quantizes the input (qbench.quant.fused)
+
+
+def quantized_input(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input through its input quantizer, unless the module before it did that."""
+    return x if layer.input_fused else layer.input_quantizer(x)
 
 
 def quantized_weight(layer: QuantConv2d | QuantLinear) -> torch.Tensor:
@@ -95,7 +101,7 @@ class QuantConv2d(nn.Conv2d):
         _take_over(self, conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), quantized_weight(self), self.bias)
+        return self._conv_forward(quantized_input(self, x), quantized_weight(self), self.bias)
 
 
 class QuantLinear(nn.Linear):
@@ -105,7 +111,7 @@ class QuantLinear(nn.Linear):
         _take_over(self, linear, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), quantized_weight(self), self.bias)
+        return F.linear(quantized_input(self, x), quantized_weight(self), self.bias)
 
 
 QUANT_LAYERS = (QuantConv2d, QuantLinear)

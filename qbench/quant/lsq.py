@@ -28,30 +28,38 @@ from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
 
 
+def _floored(step: torch.Tensor) -> torch.Tensor:
+    """The step the grid uses, max(s, 1e-8); the gradient reaches s unchanged (straight through)."""
+    return torch.clamp_min(step, STEP_MIN)
+
+
 def _scaled(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     """z = (v − β)/s, the same operations in the forward and the backward kernel."""
     return (v - offset if offset is not None else v) / step
 
 
-@kernel
-def _forward_kernel(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
-                    qmin: int, qmax: int) -> torch.Tensor:
-    """v̂ = s·⌊clamp(z, n, p)⌉ + β."""
+def fake_quantize(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
+                  qmin: int, qmax: int) -> torch.Tensor:
+    """v̂ = s·⌊clamp(z, n, p)⌉ + β, s floored at 1e-8 (element-wise; kernels build on it)."""
+    step = _floored(step)
     out = torch.clamp(_scaled(v, step, offset), qmin, qmax).round() * step
     return out + offset if offset is not None else out
 
 
-@kernel
-def _backward_kernel(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, grad_out: torch.Tensor,
-                     qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fake_quantize_grads(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, grad_out: torch.Tensor,
+                        qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(∂L/∂v, Σ ∂L/∂v̂·∂v̂/∂s, Σ ∂L/∂v̂·∂v̂/∂β) before the gradient scale, with z recomputed
-    from v exactly as the forward computed it."""
-    z = _scaled(v, step, offset)
+    from v exactly as :func:`fake_quantize` computed it."""
+    z = _scaled(v, _floored(step), offset)
     inside = (z > qmin) & (z < qmax)
     grad_v = torch.where(inside, grad_out, 0.0)
     # Outside the range the code is exactly n or p, and so is ∂v̂/∂s.
     dstep = torch.where(inside, torch.round(z) - z, torch.clamp(z, qmin, qmax).round())
     return grad_v, (grad_out * dstep).sum(), torch.where(inside, 0.0, grad_out).sum()
+
+
+_forward_kernel = kernel(fake_quantize)
+_backward_kernel = kernel(fake_quantize_grads)
 
 
 Offset = Literal["zero", "learned", "xmin"]  # β: none, learned (LSQ+), the running minimum
@@ -61,8 +69,9 @@ StepInit = Literal["lsq", "minmax", "sigma3", "mse"]
 class LearnedStepFakeQuant(torch.autograd.Function):
     """v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients (module docstring).
 
-    The kernels run on 1-D views in the input's memory order; the output has the input's
-    layout, and ∂L/∂v the layout of the input too. The backward keeps the input ``v`` itself
+    ``step`` is the learned s itself: the kernels floor it at 1e-8 and pass its gradient
+    straight through the floor. The kernels run on 1-D views in the input's memory order; the
+    output has the input's layout, and ∂L/∂v the layout of the input too. The backward keeps the input ``v`` itself
     (a view of it, where it is dense in its memory order), not a float ``z`` of its size: ``v`` is
     often held anyway (a weight, the output a ReLU keeps for its own backward), and the backward
     recomputes z from it bit for bit. An in-place change of ``v`` before the backward is then
@@ -314,12 +323,10 @@ class LearnedStepQuantizer(Quantizer):
         return 1.0 / math.sqrt(numel * self.qrange[1])
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
-        qmin, qmax = self.qrange
         if self.offset_mode == "xmin" and self.training:
             with torch.no_grad():
                 torch.minimum(self.offset, v.min(), out=self.offset)
-        step = self.step + (self.step.clamp_min(STEP_MIN) - self.step).detach()
-        return LearnedStepFakeQuant.apply(v, step, self.offset, qmin, qmax, self.grad_scale(v))
+        return LearnedStepFakeQuant.apply(v, self.step, self.offset, *self.qrange, self.grad_scale(v))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, offset={self.offset_mode}, init={self.init}"
