@@ -4,7 +4,7 @@
     python scripts/bench_step.py --models resnet18 --methods lsq apot
     python scripts/bench_step.py --out results/bench.md           # also write the table page
     python scripts/bench_step.py --compile-model --out results/bench-compiled.md  # whole networks compiled
-    python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # runtime.fuse_batch_norm
+    python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # + runtime.fuse_batch_norm rows
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -12,7 +12,10 @@ quantized steps alternate so that machine noise hits all alike; medians and rati
 Evaluation: the same networks in eval mode without gradients, one batch of ``--eval-batch`` images
 each in turn, after the training rounds (their weights as training left them).
 Memory: a fresh child process (``--memory-only``) per (model, method) and one per model for FP
-builds its one network, runs a few steps and reports its peak RSS (``VmHWM``), so networks do not share a heap.
+builds its one network, takes one warm-up step (compiling, or loading compiled kernels), resets its
+peak RSS (``VmHWM``), runs a few steps and reports the peak, so networks do not share a heap and
+the compiler's memory is not counted.
+With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``).
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
 from __future__ import annotations
@@ -43,6 +46,7 @@ from qbench.quant.kernels import compile_kernels
 
 BREVITAS = "brevitas"
 FP = "fp"
+FUSED = "+fused"  # a method's row with runtime.fuse_batch_norm
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chans", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--memory-steps", type=int, default=3, help="training steps before a child reads its peak RSS")
+    parser.add_argument("--memory-steps", type=int, default=3,
+                        help="training steps, after one warm-up step, over which a child reads its peak RSS")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--eager", action="store_true", help="quantizer kernels not compiled")
     parser.add_argument("--fuse-batch-norm", action="store_true",
-                        help="QAT networks with batch norm, activation and LSQ/LSQ+ input quantizer fused (runtime.fuse_batch_norm)")
+                        help="beside each method, a row METHOD+fused: batch norm, activation and LSQ/LSQ+ input "
+                             "quantizer fused (runtime.fuse_batch_norm), timed in the same process")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
@@ -151,7 +157,8 @@ def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torc
     torch.manual_seed(0)
     fp = create_model(model_name, 10, args.chans)
     spec = model_spec(model_name)
-    models = {m: fp if m == FP else quantized(fp, spec, m, args.bits, x, args.fuse_batch_norm) for m in methods}
+    models = {m: fp if m == FP else quantized(fp, spec, m.removesuffix(FUSED), args.bits, x, m.endswith(FUSED))
+              for m in methods}
     models = {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
     return {k: torch.compile(m) for k, m in models.items()} if args.compile_model else models
 
@@ -198,9 +205,14 @@ def alternate_evaluations(models: dict[str, nn.Module], x: torch.Tensor, warmup:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def reset_peak_rss() -> None:
+    """Start ``VmHWM`` again from the current resident set (Linux ``clear_refs``, value 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mib() -> float:
-    """This process's peak resident set size since its exec (``VmHWM``): unlike
-    ``getrusage(...).ru_maxrss``, which Linux carries over from the forking parent."""
+    """This process's peak resident set size since its exec or :func:`reset_peak_rss` (``VmHWM``):
+    unlike ``getrusage(...).ru_maxrss``, which Linux carries over from the forking parent."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -208,9 +220,13 @@ def peak_rss_mib() -> float:
 
 
 def memory_only(args: argparse.Namespace) -> None:
-    """Child mode: build one network, take ``--memory-steps`` steps, print the peak RSS in MiB."""
+    """Child mode: build one network, take one step (which compiles the quantizer kernels, or
+    loads them from the compile cache), then ``--memory-steps`` steps, and print the peak RSS of
+    those in MiB: the training step's memory, not the compiler's."""
     x, y = batch(args)
     models = build(args.models[0], [args.memory_only], args, x)
+    alternate_steps(models, x, y, 0, 1)
+    reset_peak_rss()
     alternate_steps(models, x, y, 0, args.memory_steps)
     print(f"{peak_rss_mib():.1f}")
 
@@ -221,7 +237,7 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> fl
            "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
-    cmd += ["--compile-model"] * args.compile_model + ["--fuse-batch-norm"] * args.fuse_batch_norm
+    cmd += ["--compile-model"] * args.compile_model
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
@@ -256,7 +272,8 @@ def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
-    fused = ", batch norm + activation + LSQ/LSQ+ input quantizer fused (--fuse-batch-norm)" if args.fuse_batch_norm else ""
+    fused = (f"; rows METHOD{FUSED}: batch norm, activation and LSQ/LSQ+ input quantizer fused "
+             "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""
     return f"quantizer kernels {'eager' if args.eager else 'compiled'}{fused}"
 
 
@@ -268,7 +285,8 @@ def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
             f"step times: median of {args.repeats} rounds after {args.warmup} warm-up rounds, each round one step "
             f"of the model's FP network (one FP column per model) and of each method's in turn; evaluation: "
             f"median of {args.repeats // 2} rounds of one batch of {args.eval_batch} without gradients; "
-            f"peak RSS: one fresh process per cell after {args.memory_steps} steps. {brevitas_note}")
+            f"peak RSS: one fresh process per cell, over {args.memory_steps} steps after one warm-up step "
+            f"(the peak reset after it, so that compiling is not counted). {brevitas_note}")
 
 
 def write_page(path: Path, body: str, args: argparse.Namespace, brevitas_note: str, wall_s: float) -> None:
@@ -290,7 +308,7 @@ def main() -> None:
         memory_only(args)
         return
     start = time.perf_counter()
-    methods = list(args.methods)
+    methods = [f"{m}{suffix}" for m in args.methods for suffix in ("", FUSED)[:1 + args.fuse_batch_norm]]
     if find_spec(BREVITAS) is not None:
         methods.append(BREVITAS)
         brevitas_note = "Brevitas learned-scale W4A4 timed beside ours."
