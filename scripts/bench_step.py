@@ -5,6 +5,7 @@
     python scripts/bench_step.py --out results/bench.md           # also write the table page
     python scripts/bench_step.py --compile-model --out results/bench-compiled.md  # whole networks compiled
     python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # + runtime.fuse_batch_norm rows
+    python scripts/bench_step.py --split --methods lsq --out results/bench-split.md  # + weights-only, inputs-only rows
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -15,7 +16,8 @@ Memory: a fresh child process (``--memory-only``) per (model, method) and one pe
 builds its one network, takes one warm-up step (compiling, or loading compiled kernels), resets its
 peak RSS (``VmHWM``), runs a few steps and reports the peak, so networks do not share a heap and
 the compiler's memory is not counted.
-With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``).
+With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``);
+with ``--split``, rows ``METHOD:weights`` and ``METHOD:inputs``: where the method's time goes.
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
 from __future__ import annotations
@@ -43,10 +45,12 @@ from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
+from qbench.quant.layers import QUANT_LAYERS
 
 BREVITAS = "brevitas"
 FP = "fp"
 FUSED = "+fused"  # a method's row with runtime.fuse_batch_norm
+LEFT_FLOAT = {":weights": "input_quantizer", ":inputs": "weight_quantizer"}  # split rows: what stays float
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fuse-batch-norm", action="store_true",
                         help="beside each method, a row METHOD+fused: batch norm, activation and LSQ/LSQ+ input "
                              "quantizer fused (runtime.fuse_batch_norm), timed in the same process")
+    parser.add_argument("--split", action="store_true",
+                        help="beside each method, rows METHOD:weights and METHOD:inputs, the method with only its "
+                             "weight / only its input quantizers, timed in the same process")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
@@ -152,13 +159,27 @@ def brevitas_quantized(fp: nn.Module, spec: ModelSpec, bits: int) -> nn.Module:
     return model
 
 
+def row_model(fp: nn.Module, spec: ModelSpec, row: str, bits: int, x: torch.Tensor) -> nn.Module:
+    """The network of one row: ``METHOD``, ``METHOD+fused`` (:data:`FUSED`), or ``METHOD:weights`` /
+    ``METHOD:inputs``, the method with only its weight / only its input quantizers (:data:`LEFT_FLOAT`)."""
+    method, left_float = row, None
+    for suffix, quantizer in LEFT_FLOAT.items():
+        if row.endswith(suffix):
+            method, left_float = row.removesuffix(suffix), quantizer
+    model = quantized(fp, spec, method.removesuffix(FUSED), bits, x, method.endswith(FUSED))
+    if left_float is not None:
+        for layer in model.modules():
+            if isinstance(layer, QUANT_LAYERS):
+                setattr(layer, left_float, nn.Identity())
+    return model
+
+
 def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torch.Tensor) -> dict[str, nn.Module]:
     """The FP model (when ``fp`` is in ``methods``) and one quantized copy per other method, in training mode."""
     torch.manual_seed(0)
     fp = create_model(model_name, 10, args.chans)
     spec = model_spec(model_name)
-    models = {m: fp if m == FP else quantized(fp, spec, m.removesuffix(FUSED), args.bits, x, m.endswith(FUSED))
-              for m in methods}
+    models = {m: fp if m == FP else row_model(fp, spec, m, args.bits, x) for m in methods}
     models = {k: m.to(memory_format=memory_format(args)).train() for k, m in models.items()}
     return {k: torch.compile(m) for k, m in models.items()} if args.compile_model else models
 
@@ -274,7 +295,9 @@ def kernels_note(args: argparse.Namespace) -> str:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
     fused = (f"; rows METHOD{FUSED}: batch norm, activation and LSQ/LSQ+ input quantizer fused "
              "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""
-    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{fused}"
+    split = ("; rows METHOD:weights / METHOD:inputs: only the weights / only the layer inputs quantized"
+             if args.split else "")
+    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{fused}{split}"
 
 
 def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
@@ -308,7 +331,8 @@ def main() -> None:
         memory_only(args)
         return
     start = time.perf_counter()
-    methods = [f"{m}{suffix}" for m in args.methods for suffix in ("", FUSED)[:1 + args.fuse_batch_norm]]
+    suffixes = [""] + [FUSED] * args.fuse_batch_norm + list(LEFT_FLOAT) * args.split
+    methods = [f"{m}{suffix}" for m in args.methods for suffix in suffixes]
     if find_spec(BREVITAS) is not None:
         methods.append(BREVITAS)
         brevitas_note = "Brevitas learned-scale W4A4 timed beside ours."
