@@ -28,12 +28,14 @@ def unfused(x, bn, act, step, offset, qmin, qmax, grad_scale):
 @pytest.mark.parametrize("offset", [None, -0.4])
 @pytest.mark.parametrize("batch_stats", [True, False])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_values_gradients_and_running_statistics_match_the_unfused_modules(act, offset, batch_stats, layout):
+@pytest.mark.parametrize("size", [5, 1])
+def test_values_gradients_and_running_statistics_match_the_unfused_modules(act, offset, batch_stats, layout, size):
     """In float64, so that a difference is a formula's, not a summation order's. ``batch_stats``
-    false is evaluation-mode batch norm in a training step (``freeze_bn``)."""
+    false is evaluation-mode batch norm in a training step (``freeze_bn``); the gradient arrives
+    contiguous, a layout other than channels_last's."""
     torch.manual_seed(0)
-    x0 = (torch.randn(8, 6, 5, 5, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=layout)
-    grad = torch.randn(8, 6, 5, 5, dtype=torch.float64)
+    x0 = (torch.randn(16, 6, size, size, dtype=torch.float64) * 2 + 0.5).contiguous(memory_format=layout)
+    grad = torch.randn(16, 6, size, size, dtype=torch.float64)
     signed = offset is not None
     qmin, qmax = (-8, 7) if signed else (0, 15)
     results = []
@@ -55,7 +57,9 @@ def test_values_gradients_and_running_statistics_match_the_unfused_modules(act, 
         out.backward(grad)
         results.append([out, x.grad, bn.weight.grad, bn.bias.grad, step.grad,
                         beta.grad if signed else None, bn.running_mean, bn.running_var])
-    assert results[1][0].stride() == results[0][0].stride()
+    def layout_of(t):
+        return t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    assert layout_of(results[1][0]) == layout_of(results[0][0])
     names = ["output", "x grad", "gamma grad", "bn beta grad", "step grad", "offset grad", "running mean",
              "running var"]
     for name, eager, fused in zip(names, *results):

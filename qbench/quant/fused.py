@@ -78,8 +78,32 @@ def _backward_kernel(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, 
     return _activation_grad(y, grad_a, act), grad_step, grad_offset
 
 
-def _per_channel(t: torch.Tensor) -> torch.Tensor:
-    return t.view(1, -1, 1, 1)
+class ChannelView:
+    """A 4-D (N, C, H, W) tensor's layout as the kernels see it: (N·H·W, C) when it is dense
+    channels_last (also every tensor with H = W = 1), else (N, C, H·W) dense. Two ranks for every
+    shape, so that one compiled kernel per activation serves every spatial size instead of
+    specialising on each size-1 dimension."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.shape = x.shape
+        self.channels_last = x.is_contiguous(memory_format=torch.channels_last)
+
+    def flat(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (of :attr:`shape`) in this layout, copied only where it lies otherwise; detached,
+        so that it has no base tensor (a compiled kernel would guard on the base's sizes)."""
+        n, c, h, w = self.shape
+        if self.channels_last:
+            return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c).detach()
+        return t.contiguous().view(n, c, h * w).detach()
+
+    def per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        """A (C,) tensor broadcast along the channel dimension of :meth:`flat`."""
+        return t.view(1, -1) if self.channels_last else t.view(1, -1, 1)
+
+    def restore(self, t: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`flat`: the 4-D tensor, channels_last or contiguous as the input was."""
+        n, c, h, w = self.shape
+        return t.view(n, h, w, c).permute(0, 3, 1, 2) if self.channels_last else t.view(n, c, h, w)
 
 
 class BatchNormActQuant(torch.autograd.Function):
@@ -101,19 +125,21 @@ class BatchNormActQuant(torch.autograd.Function):
         scale = weight.detach() * invstd
         shift = bias.detach() - mean * scale
         step, offset = step.detach(), offset.detach() if offset is not None else None
-        out = _forward_kernel(x, _per_channel(scale), _per_channel(shift), step, offset, qmin, qmax, act)
+        view = ChannelView(x)
+        out = _forward_kernel(view.flat(x), view.per_channel(scale), view.per_channel(shift), step, offset,
+                              qmin, qmax, act)
         ctx.save_for_backward(x, weight, running_mean, running_var, mean, invstd, scale, shift, step, offset)
-        ctx.settings = (batch_stats, eps, act, qmin, qmax, grad_scale)
-        return out
+        ctx.settings = (batch_stats, eps, act, qmin, qmax, grad_scale, view)
+        return view.restore(out)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
         x, weight, running_mean, running_var, mean, invstd, scale, shift, step, offset = ctx.saved_tensors
-        batch_stats, eps, act, qmin, qmax, grad_scale = ctx.settings
-        grad_y, grad_step, grad_offset = _backward_kernel(x, _per_channel(scale), _per_channel(shift), step, offset,
-                                                          grad_out, qmin, qmax, act)
+        batch_stats, eps, act, qmin, qmax, grad_scale, view = ctx.settings
+        grad_y, grad_step, grad_offset = _backward_kernel(view.flat(x), view.per_channel(scale), view.per_channel(shift),
+                                                          step, offset, view.flat(grad_out), qmin, qmax, act)
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_y, x, weight.detach(), running_mean, running_var, mean if batch_stats else None,
+            view.restore(grad_y), x, weight.detach(), running_mean, running_var, mean if batch_stats else None,
             invstd if batch_stats else None, batch_stats, eps, list(ctx.needs_input_grad[:3]))
         grad_step = (grad_step * grad_scale).reshape(step.shape)
         grad_offset = (grad_offset * grad_scale).reshape(offset.shape) if offset is not None else None

@@ -33,9 +33,17 @@ def kernel(fn: Callable) -> Kernel:
     return k
 
 
+RECOMPILE_LIMIT = 32
+"""Compiled variants per kernel: one per combination of its Python arguments (an activation's
+name, an offset or none, signed or unsigned bounds) and tensor rank; past torch's default of 8 a
+kernel would run eagerly, several times slower, without an error."""
+
+
 def compile_kernels(enabled: bool) -> None:
     """Fuse every registered kernel with ``torch.compile`` (``runtime.compile_quantizers``),
     or return them to eager mode."""
+    if enabled:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for k in KERNELS:
         if enabled and k.compiled is None:
             k.compiled = torch.compile(k.fn, dynamic=True)
