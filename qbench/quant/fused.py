@@ -183,7 +183,7 @@ class FusedBatchNormAct2d(nn.BatchNorm2d):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         return BatchNormActQuant.apply(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                       self.training, momentum, self.eps, self.activation, quantizer.step,
+                                       self.training, momentum, self.eps, self.activation, quantizer.floored_step(),
                                        quantizer.offset, *quantizer.qrange, quantizer.grad_scale(x))
 
     def extra_repr(self) -> str:

@@ -28,11 +28,6 @@ from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
 
 
-def _floored(step: torch.Tensor) -> torch.Tensor:
-    """The step the grid uses, max(s, 1e-8); the gradient reaches s unchanged (straight through)."""
-    return torch.clamp_min(step, STEP_MIN)
-
-
 def _scaled(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
     """z = (v − β)/s, the same operations in the forward and the backward kernel."""
     return (v - offset if offset is not None else v) / step
@@ -40,8 +35,7 @@ def _scaled(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None) ->
 
 def fake_quantize(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None,
                   qmin: int, qmax: int) -> torch.Tensor:
-    """v̂ = s·⌊clamp(z, n, p)⌉ + β, s floored at 1e-8 (element-wise; kernels build on it)."""
-    step = _floored(step)
+    """v̂ = s·⌊clamp(z, n, p)⌉ + β (element-wise; kernels build on it)."""
     out = torch.clamp(_scaled(v, step, offset), qmin, qmax).round() * step
     return out + offset if offset is not None else out
 
@@ -50,7 +44,7 @@ def fake_quantize_grads(v: torch.Tensor, step: torch.Tensor, offset: torch.Tenso
                         qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(∂L/∂v, Σ ∂L/∂v̂·∂v̂/∂s, Σ ∂L/∂v̂·∂v̂/∂β) before the gradient scale, with z recomputed
     from v exactly as :func:`fake_quantize` computed it."""
-    z = _scaled(v, _floored(step), offset)
+    z = _scaled(v, step, offset)
     inside = (z > qmin) & (z < qmax)
     grad_v = torch.where(inside, grad_out, 0.0)
     # Outside the range the code is exactly n or p, and so is ∂v̂/∂s.
@@ -69,9 +63,8 @@ StepInit = Literal["lsq", "minmax", "sigma3", "mse"]
 class LearnedStepFakeQuant(torch.autograd.Function):
     """v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients (module docstring).
 
-    ``step`` is the learned s itself: the kernels floor it at 1e-8 and pass its gradient
-    straight through the floor. The kernels run on 1-D views in the input's memory order; the
-    output has the input's layout, and ∂L/∂v the layout of the input too. The backward keeps the input ``v`` itself
+    The kernels run on 1-D views in the input's memory order; the output has the input's
+    layout, and ∂L/∂v the layout of the input too. The backward keeps the input ``v`` itself
     (a view of it, where it is dense in its memory order), not a float ``z`` of its size: ``v`` is
     often held anyway (a weight, the output a ReLU keeps for its own backward), and the backward
     recomputes z from it bit for bit. An in-place change of ``v`` before the backward is then
@@ -322,11 +315,15 @@ class LearnedStepQuantizer(Quantizer):
         numel = v.numel() // v.shape[0] if self.per_example_numel and v.dim() > 1 else v.numel() * self.ranks
         return 1.0 / math.sqrt(numel * self.qrange[1])
 
+    def floored_step(self) -> torch.Tensor:
+        """max(s, 1e-8) as the forward uses it, with the gradient passed straight to s."""
+        return self.step + (self.step.clamp_min(STEP_MIN) - self.step).detach()
+
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         if self.offset_mode == "xmin" and self.training:
             with torch.no_grad():
                 torch.minimum(self.offset, v.min(), out=self.offset)
-        return LearnedStepFakeQuant.apply(v, self.step, self.offset, *self.qrange, self.grad_scale(v))
+        return LearnedStepFakeQuant.apply(v, self.floored_step(), self.offset, *self.qrange, self.grad_scale(v))
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, offset={self.offset_mode}, init={self.init}"
