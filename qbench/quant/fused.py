@@ -6,7 +6,7 @@ the forward computes the batch statistics (ATen, the running statistics updated 
 ``nn.BatchNorm2d`` does) and then â = q(act(x·k + c)) in one loop, k = γ/√(σ² + ε),
 c = β_bn − μ·k; the backward recomputes y, a and z = (a − β)/s from the saved conv output x in
 one loop that yields ∂L/∂y and the step and offset sums, and ATen's batch-norm backward turns
-∂L/∂y into ∂L/∂x, ∂L/∂γ, ∂L/∂β_bn. Only x is kept for the backward (eager keeps x, y and a).
+∂L/∂y into ∂L/∂x, ∂L/∂γ, ∂L/∂β_bn. Only x is kept for the backward (eager keeps x and act(y)).
 
 The gradients are the quantizer's (:mod:`qbench.quant.lsq`, LSQ eq. 3, LSQ+ eq. 5-6) times the
 activation's derivative (ReLU, ReLU6: 1 strictly inside their range, as PyTorch's backward;
