@@ -27,7 +27,7 @@ def test_bad_training_fields_are_one_line(field, value, message):
     from qbench.validate import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        check_training({"qat": {field: value}})
+        check_training({"qat": {field: value}}, {"fuse_batch_norm": False})
 
 
 def test_loader_settings_are_not_part_of_the_identity(make_config, tmp_path):
