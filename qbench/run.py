@@ -24,11 +24,12 @@ from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
+from qbench.quant.native import use_native_kernels
 from qbench.report.records import write_record
 from qbench.sweep import (Cell, cell_state, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record,
                           set_aside, wider_cell)
 from qbench.tensorboard import EpochCurves, log_hparams, log_values, open_writer
-from qbench.validate import ConfigError
+from qbench.validate import ConfigError, require_native_op
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,9 +79,13 @@ def say(message: str) -> None:
 
 def settings_of(cfg: dict) -> TrainSettings:
     """Apply ``runtime.*`` and the recipe's ``cpu_threads`` to this process (quantizer kernels,
-    torch threads); the trainer's settings."""
+    the native LSQ op, torch threads); the trainer's settings."""
     rt = cfg["runtime"]
     compile_kernels(rt["compile_quantizers"])
+    native_kernels = rt.get("native_kernels", False)  # absent from configs stored before the field: off
+    if native_kernels:
+        require_native_op()
+    use_native_kernels(native_kernels)
     if cfg["recipe"].get("cpu_threads"):
         torch.set_num_threads(cfg["recipe"]["cpu_threads"])
     return TrainSettings(resolve_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])

@@ -19,6 +19,7 @@ from typing import Annotated, Literal, NoReturn, Union
 from qbench.data import DATASETS
 from qbench.engine import OPTIMIZERS, SCHEDULES
 from qbench.models import MODELS, read_state_dict
+from qbench.quant import native
 
 BITS_RANGE = range(2, 9)
 
@@ -203,6 +204,17 @@ def validate(cfg: dict) -> None:
     runtime = cfg["runtime"]
     if runtime["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device={runtime['device']!r} is not allowed; use auto, cpu or cuda")
-    for flag in ("channels_last", "compile_quantizers", "fuse_batch_norm", "progress"):
+    for flag in ("channels_last", "compile_quantizers", "native_kernels", "fuse_batch_norm", "progress"):
         _check_bool(f"runtime.{flag}", runtime[flag])
+    if runtime["native_kernels"]:
+        require_native_op()
     _check_positive_int("runtime.log_every", runtime["log_every"])
+
+
+def require_native_op() -> None:
+    """Build the C++ op ``runtime.native_kernels=true`` needs (cached after the first time), or stop
+    with one line when this machine cannot."""
+    try:
+        native.load()
+    except native.NativeBuildError as err:
+        raise ConfigError(f"runtime.native_kernels=true: {err}; set it to false") from None

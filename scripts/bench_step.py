@@ -6,6 +6,7 @@
     python scripts/bench_step.py --compile-model --out results/bench-compiled.md  # whole networks compiled
     python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # + runtime.fuse_batch_norm rows
     python scripts/bench_step.py --split --methods lsq --out results/bench-split.md  # + weights-only, inputs-only rows
+    python scripts/bench_step.py --native --methods lsq lsqplus --out results/bench-native.md  # + runtime.native_kernels rows
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -17,7 +18,9 @@ builds its one network, takes one warm-up step (compiling, or loading compiled k
 peak RSS (``VmHWM``), runs a few steps and reports the peak, so networks do not share a heap and
 the compiler's memory is not counted.
 With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``);
-with ``--split``, rows ``METHOD:weights`` and ``METHOD:inputs``: where the method's time goes.
+with ``--split``, rows ``METHOD:weights`` and ``METHOD:inputs``: where the method's time goes;
+with ``--native``, a row ``METHOD+native`` whose LSQ / LSQ+ quantizers run the C++ op
+(``runtime.native_kernels``), switched on for that row's steps only.
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
 from __future__ import annotations
@@ -46,10 +49,12 @@ from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
 from qbench.quant.layers import QUANT_LAYERS
+from qbench.quant.native import use_native_kernels
 
 BREVITAS = "brevitas"
 FP = "fp"
 FUSED = "+fused"  # a method's row with runtime.fuse_batch_norm
+NATIVE = "+native"  # a method's row with runtime.native_kernels
 LEFT_FLOAT = {":weights": "input_quantizer", ":inputs": "weight_quantizer"}  # split rows: what stays float
 
 
@@ -95,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", action="store_true",
                         help="beside each method, rows METHOD:weights and METHOD:inputs, the method with only its "
                              "weight / only its input quantizers, timed in the same process")
+    parser.add_argument("--native", action="store_true",
+                        help="beside each method, a row METHOD+native: LSQ / LSQ+ quantizers as the C++ op "
+                             "(runtime.native_kernels), timed in the same process")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
@@ -160,9 +168,10 @@ def brevitas_quantized(fp: nn.Module, spec: ModelSpec, bits: int) -> nn.Module:
 
 
 def row_model(fp: nn.Module, spec: ModelSpec, row: str, bits: int, x: torch.Tensor) -> nn.Module:
-    """The network of one row: ``METHOD``, ``METHOD+fused`` (:data:`FUSED`), or ``METHOD:weights`` /
-    ``METHOD:inputs``, the method with only its weight / only its input quantizers (:data:`LEFT_FLOAT`)."""
-    method, left_float = row, None
+    """The network of one row: ``METHOD``, ``METHOD+fused`` (:data:`FUSED`), ``METHOD+native`` (the
+    method's network; :func:`select_kernels` switches the op), or ``METHOD:weights`` / ``METHOD:inputs``,
+    the method with only its weight / only its input quantizers (:data:`LEFT_FLOAT`)."""
+    method, left_float = row.removesuffix(NATIVE), None
     for suffix, quantizer in LEFT_FLOAT.items():
         if row.endswith(suffix):
             method, left_float = row.removesuffix(suffix), quantizer
@@ -184,6 +193,11 @@ def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torc
     return {k: torch.compile(m) for k, m in models.items()} if args.compile_model else models
 
 
+def select_kernels(row: str) -> None:
+    """The C++ LSQ op for a ``METHOD+native`` row's steps, the Python path for every other row."""
+    use_native_kernels(row.endswith(NATIVE))
+
+
 def step_time(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     """Seconds of one forward, backward and SGD step of ``model`` on ``(x, y)``."""
     start = time.perf_counter()
@@ -201,6 +215,7 @@ def alternate_steps(models: dict[str, nn.Module], x: torch.Tensor, y: torch.Tens
     times: dict[str, list[float]] = {k: [] for k in models}
     for i in range(warmup + repeats):
         for k, m in models.items():
+            select_kernels(k)
             t = step_time(m, opts[k], x, y)
             if i >= warmup:
                 times[k].append(t)
@@ -217,6 +232,7 @@ def alternate_evaluations(models: dict[str, nn.Module], x: torch.Tensor, warmup:
             m.eval()
         for i in range(warmup + repeats):
             for k, m in models.items():
+                select_kernels(k)
                 start = time.perf_counter()
                 m(x)
                 if i >= warmup:
@@ -293,11 +309,13 @@ def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
+    native = (f"; rows METHOD{NATIVE}: LSQ / LSQ+ quantizers as one C++ op each (runtime.native_kernels)"
+              if args.native else "")
     fused = (f"; rows METHOD{FUSED}: batch norm, activation and LSQ/LSQ+ input quantizer fused "
              "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""
     split = ("; rows METHOD:weights / METHOD:inputs: only the weights / only the layer inputs quantized"
              if args.split else "")
-    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{fused}{split}"
+    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{native}{fused}{split}"
 
 
 def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
@@ -331,7 +349,7 @@ def main() -> None:
         memory_only(args)
         return
     start = time.perf_counter()
-    suffixes = [""] + [FUSED] * args.fuse_batch_norm + list(LEFT_FLOAT) * args.split
+    suffixes = [""] + [NATIVE] * args.native + [FUSED] * args.fuse_batch_norm + list(LEFT_FLOAT) * args.split
     methods = [f"{m}{suffix}" for m in args.methods for suffix in suffixes]
     if find_spec(BREVITAS) is not None:
         methods.append(BREVITAS)

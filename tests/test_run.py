@@ -120,6 +120,7 @@ def qbench(*args, tmp_path):
     (["runtime.progress=yes"], "runtime.progress='yes' is not allowed; use true or false"),
     (["runtime.compile_quantizers=1"], "runtime.compile_quantizers=1 is not allowed; use true or false"),
     (["runtime.log_every=0"], "runtime.log_every=0 is not allowed; use an integer ≥ 1"),
+    (["runtime.native_kernels=yes"], "runtime.native_kernels='yes' is not allowed; use true or false"),
     (["runtime.fuse_batch_norm=on"], "runtime.fuse_batch_norm='on' is not allowed; use true or false"),
     (["runtime.fuse_batch_norm=true", "+recipe.qat.sync_batchnorm=true"],
      "runtime.fuse_batch_norm=true is not allowed with recipe.qat.sync_batchnorm=true"),

@@ -11,7 +11,8 @@ z = (v − β)/s:
 and ∂L/∂s, ∂L/∂β are multiplied by the gradient scale g = 1/√(N·p) (LSQ section 2.2).
 Forward and the three gradients are computed by one autograd Function, element-wise tensor
 ops only, no host synchronisation; :func:`qbench.quant.kernels.compile_kernels` fuses each
-direction into one loop.
+direction into one loop. With ``runtime.native_kernels`` a CPU float32 tensor takes one C++ op
+instead (:mod:`qbench.quant.native`), the same math.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 from qbench.distributed import current_world
 from qbench.quant.base import Quantizer
 from qbench.quant.grid import STEP_MIN, integer_range
+from qbench.quant import native
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
 
@@ -323,6 +325,8 @@ class LearnedStepQuantizer(Quantizer):
         if self.offset_mode == "xmin" and self.training:
             with torch.no_grad():
                 torch.minimum(self.offset, v.min(), out=self.offset)
+        if native.applies(v):
+            return native.learned_step_fake_quant(v, self.step, self.offset, *self.qrange, self.grad_scale(v))
         return LearnedStepFakeQuant.apply(v, self.floored_step(), self.offset, *self.qrange, self.grad_scale(v))
 
     def extra_repr(self) -> str:

@@ -1,0 +1,167 @@
+// LSQ / LSQ+ fake quantizer as one CPU op with its own autograd (qbench/quant/native.py).
+//
+// Forward (LSQ eq. 1-2, LSQ+ eq. 3-4): v̂ = s·⌊clamp((v − β)/s, n, p)⌉ + β, s floored at 1e-8 with the
+// gradient passed straight to s. Backward (LSQ eq. 3, LSQ+ eq. 5-6), z = (v − β)/s:
+//   ∂L/∂v = ∂L/∂v̂ where n < z < p, else 0
+//   ∂L/∂s = g·Σ ∂L/∂v̂·(⌊z⌉ − z inside, else ⌊clamp(z, n, p)⌉)      ∂L/∂β = g·Σ_{outside} ∂L/∂v̂
+// exactly as qbench.quant.lsq.fake_quantize / fake_quantize_grads compute them.
+//
+// One call per direction instead of Python, dispatcher and torch.compile guard overhead per tensor.
+// The forward is bit for bit the eager formula (IEEE division, multiplication, round half to even; no
+// contracted multiply-adds). The sums run in 16 float lanes per block of 16384 elements, then the lanes
+// and the blocks in order in double: one fixed order, whatever the thread count or vector width.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+constexpr float kStepMin = 1e-8f;  // qbench.quant.grid.STEP_MIN
+constexpr int64_t kBlock = 16384;
+constexpr int kLanes = 16;
+constexpr float kRoundMagic = 12582912.0f;  // 1.5·2^23: (z + m) − m rounds |z| < 2^22 half to even
+
+inline float round_half_even(float z) { return (z + kRoundMagic) - kRoundMagic; }
+
+// clamp(z, lo, hi) that keeps NaN, as torch.clamp does.
+inline float clamp_keep_nan(float z, float lo, float hi) {
+  const float above = z < lo ? lo : z;
+  return above > hi ? hi : above;
+}
+
+struct Grid {
+  float step, offset, lo, hi;
+};
+
+template <bool HasOffset>
+void forward_block(const float* __restrict v, float* __restrict out, int64_t n, Grid g) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float z = (HasOffset ? v[i] - g.offset : v[i]) / g.step;
+    const float q = round_half_even(clamp_keep_nan(z, g.lo, g.hi)) * g.step;
+    out[i] = HasOffset ? q + g.offset : q;
+  }
+}
+
+// One element's ∂L/∂v and its terms of the step and offset sums.
+struct Terms {
+  float grad_v, step, offset;
+};
+
+template <bool HasOffset>
+inline Terms backward_terms(float v, float grad, Grid g) {
+  const float z = (HasOffset ? v - g.offset : v) / g.step;
+  const bool inside = (z > g.lo) & (z < g.hi);
+  const float dstep = inside ? round_half_even(z) - z : round_half_even(clamp_keep_nan(z, g.lo, g.hi));
+  return {inside ? grad : 0.0f, grad * dstep, inside ? 0.0f : grad};
+}
+
+template <bool HasOffset>
+void backward_block(const float* __restrict v, const float* __restrict grad_out, float* __restrict grad_v,
+                    int64_t n, Grid g, double& sum_step, double& sum_offset) {
+  float lanes_step[kLanes] = {0}, lanes_offset[kLanes] = {0};
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int width = n - i < kLanes ? int(n - i) : kLanes;
+    for (int l = 0; l < width; ++l) {
+      const Terms t = backward_terms<HasOffset>(v[i + l], grad_out[i + l], g);
+      grad_v[i + l] = t.grad_v;
+      lanes_step[l] += t.step;
+      lanes_offset[l] += t.offset;
+    }
+  }
+  sum_step = 0.0;
+  sum_offset = 0.0;
+  for (int l = 0; l < kLanes; ++l) {
+    sum_step += lanes_step[l];
+    sum_offset += lanes_offset[l];
+  }
+}
+
+Grid grid_of(const at::Tensor& step, const at::Tensor& offset, int64_t qmin, int64_t qmax) {
+  const float s = step.item<float>();
+  return {s < kStepMin ? kStepMin : s, offset.defined() ? offset.item<float>() : 0.0f, float(qmin), float(qmax)};
+}
+
+at::Tensor fake_quantize(const at::Tensor& v, Grid g, bool has_offset) {
+  at::Tensor out = at::empty_like(v);
+  const float* in = v.const_data_ptr<float>();
+  float* res = out.mutable_data_ptr<float>();
+  at::parallel_for(0, v.numel(), kBlock, [&](int64_t begin, int64_t end) {
+    if (has_offset) {
+      forward_block<true>(in + begin, res + begin, end - begin, g);
+    } else {
+      forward_block<false>(in + begin, res + begin, end - begin, g);
+    }
+  });
+  return out;
+}
+
+// (∂L/∂v, Σ step term, Σ offset term) before the gradient scale.
+std::tuple<at::Tensor, double, double> fake_quantize_grads(const at::Tensor& v, const at::Tensor& grad_out, Grid g,
+                                                           bool has_offset) {
+  at::Tensor grad = grad_out.strides() == v.strides() ? grad_out : at::empty_like(v).copy_(grad_out);
+  at::Tensor grad_v = at::empty_like(v);
+  const int64_t n = v.numel();
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> step_sums(blocks), offset_sums(blocks);
+  const float* in = v.const_data_ptr<float>();
+  const float* gin = grad.const_data_ptr<float>();
+  float* gv = grad_v.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t begin = b * kBlock, size = std::min(n, begin + kBlock) - begin;
+      if (has_offset) {
+        backward_block<true>(in + begin, gin + begin, gv + begin, size, g, step_sums[b], offset_sums[b]);
+      } else {
+        backward_block<false>(in + begin, gin + begin, gv + begin, size, g, step_sums[b], offset_sums[b]);
+      }
+    }
+  });
+  double sum_step = 0.0, sum_offset = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    sum_step += step_sums[b];
+    sum_offset += offset_sums[b];
+  }
+  return {grad_v, sum_step, sum_offset};
+}
+
+struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQuant> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& v, const at::Tensor& step,
+                            const c10::optional<at::Tensor>& offset, int64_t qmin, int64_t qmax, double grad_scale) {
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.is_non_overlapping_and_dense(),
+                "learned_step_fake_quant takes a dense float32 CPU tensor");
+    const at::Tensor beta = offset.has_value() ? *offset : at::Tensor();
+    ctx->save_for_backward({v, step, beta});
+    ctx->saved_data["qmin"] = qmin;
+    ctx->saved_data["qmax"] = qmax;
+    ctx->saved_data["grad_scale"] = grad_scale;
+    return fake_quantize(v, grid_of(step, beta, qmin, qmax), beta.defined());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &v = saved[0], &step = saved[1], &beta = saved[2];
+    const Grid g = grid_of(step, beta, ctx->saved_data["qmin"].toInt(), ctx->saved_data["qmax"].toInt());
+    const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
+    auto [grad_v, sum_step, sum_offset] = fake_quantize_grads(v, grads[0], g, beta.defined());
+    const at::Tensor grad_step = at::full_like(step, sum_step * grad_scale);
+    const at::Tensor grad_offset =
+        beta.defined() && ctx->needs_input_grad(2) ? at::full_like(beta, sum_offset * grad_scale) : at::Tensor();
+    return {grad_v, grad_step, grad_offset, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor learned_step_fake_quant(const at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
+                                   int64_t qmin, int64_t qmax, double grad_scale) {
+  return LearnedStepFakeQuant::apply(v, step, offset, qmin, qmax, grad_scale);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("learned_step_fake_quant", &learned_step_fake_quant,
+        "v̂ = s·round(clamp((v − β)/s, qmin, qmax)) + β with the LSQ / LSQ+ gradients (grad_scale on s and β)");
+}

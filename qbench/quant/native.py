@@ -1,0 +1,74 @@
+"""LSQ / LSQ+ quantizers as one C++ op per call on the CPU (``runtime.native_kernels``).
+
+On the CPU a quantizer call costs more in Python, dispatcher and ``torch.compile`` guard overhead
+than in arithmetic wherever the tensor is small: ~170 µs forward + backward for a 144×1×3×3
+depthwise weight against ~30 µs for one autograd multiply, and MobileNetV2 makes ~100 such calls
+a step. ``csrc/learned_step.cpp`` computes the forward and the three gradients of
+:class:`qbench.quant.lsq.LearnedStepFakeQuant` in one C++ autograd Function (the step floor with
+its straight-through gradient inside), vectorised by the C++ compiler.
+
+Same math: the forward is the eager formula bit for bit; ∂L/∂v too. The step and offset sums run
+in one fixed order (16 float lanes per block of 16384 elements, then lanes and blocks in double),
+so they do not depend on the thread count, and differ from the compiled kernels' float sums by
+rounding. The published records were made with the compiled kernels, so the flag is off by default.
+The op is built on first use with the machine's C++ compiler (the one ``torch.compile`` uses;
+~30 s, cached under ``TORCH_EXTENSIONS_DIR``); tensors on other devices, other dtypes or
+other layouts take the Python path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "learned_step.cpp"
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]  # no contracted multiply-adds: the
+# forward must round exactly as the eager formula
+
+_module: ModuleType | None = None
+_enabled = False
+
+
+class NativeBuildError(RuntimeError):
+    """The C++ op could not be built (no compiler, or it failed)."""
+
+
+def load() -> ModuleType:
+    """The built op's module, building it on first use."""
+    global _module
+    if _module is None:
+        from torch.utils.cpp_extension import load as load_extension
+        try:
+            _module = load_extension("qbench_learned_step", [str(SOURCE)], extra_cflags=CFLAGS)
+        except Exception as err:  # a missing compiler raises RuntimeError, OSError or CalledProcessError
+            line = next((s.strip() for s in str(err).splitlines() if s.strip()), type(err).__name__)
+            raise NativeBuildError(f"cannot build the native quantizer op ({SOURCE.name}): {line}") from err
+    return _module
+
+
+def use_native_kernels(enabled: bool) -> None:
+    """Route LSQ / LSQ+ quantizers on CPU float32 tensors through the C++ op (building it now,
+    so that a missing compiler is reported before any work), or back to the Python path."""
+    global _enabled
+    if enabled:
+        load()
+    _enabled = enabled
+
+
+def native_kernels_enabled() -> bool:
+    return _enabled
+
+
+def applies(v: torch.Tensor) -> bool:
+    """Whether the C++ op takes ``v``: enabled, a float32 CPU tensor, contiguous or channels_last,
+    outside ``torch.compile``."""
+    return (_enabled and v.device.type == "cpu" and v.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and (v.is_contiguous() or (v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last))))
+
+
+def learned_step_fake_quant(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, qmin: int,
+                            qmax: int, grad_scale: float) -> torch.Tensor:
+    """v̂ = max(s, 1e-8)·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients, ∂L/∂s and ∂L/∂β
+    times ``grad_scale`` (the floor passes the gradient straight to s)."""
+    return load().learned_step_fake_quant(v, step, offset, qmin, qmax, grad_scale)
