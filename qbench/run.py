@@ -16,7 +16,7 @@ from qbench import phases
 from qbench.baseline import fp_source, get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta, load_model_state
 from qbench.data import run_data
-from qbench.distributed import current_world, init_world, rank_device
+from qbench.distributed import barrier, current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
 from qbench.methods import Method, RunFacts, create_method
 from qbench.provenance import git_state, versions
@@ -155,9 +155,10 @@ def run_cell(cell: Cell, cfg: dict) -> dict:
         if before["status"] != "ok":
             return failed(cell, f"it starts from run {before['run_id']}, which ended {before['status']}", 0)
     crashes = 0
+    forced = previous is not None and previous["status"] == "ok"  # and force=true, else returned above
     while True:
         try:
-            return execute(cell, attempt=crashes + 1)
+            return execute(cell, attempt=crashes + 1, start_over=forced and crashes == 0)
         except ConfigError:
             raise
         except CheckpointError as exc:
@@ -189,12 +190,13 @@ def failed(cell: Cell, error: str, attempts: int) -> dict:
     return record
 
 
-def execute(cell: Cell, attempt: int = 1) -> dict:
+def execute(cell: Cell, attempt: int = 1, start_over: bool = False) -> dict:
     """Compute the cell: data, FP baseline, then the phases of :mod:`qbench.phases` — plan,
     prepare, initialise (skipped when resuming: the checkpoint holds the quantizers), fine-tune
     (methods that train), finalise — evaluate, report; write and return its record. Input
     errors found on the way (data, weights file) are :class:`ConfigError`; a NaN loss gives a
-    ``diverged`` record."""
+    ``diverged`` record. ``start_over`` (a finished cell rerun with ``force=true``): its
+    checkpoint is removed first, so the cell trains again instead of resuming at its end."""
     cfg, method, rid = cell.cfg, cell.method, cell.run_id
     start_from = predecessor_checkpoint(cell)
     settings = settings_of(cfg)
@@ -218,6 +220,11 @@ def execute(cell: Cell, attempt: int = 1) -> dict:
     model = baseline.fresh_copy()
     status, metrics, extra, plan, report = "ok", None, {}, {}, {}
     writer = open_writer(run_dir / "tb") if world.is_main else None
+    if start_over and cell.checkpoint.exists():
+        if world.is_main:
+            cell.checkpoint.unlink()
+            say(f"force=true: run {rid} trains again from the start; its finished checkpoint is removed")
+        barrier(world)
     resuming = method.trains and cell.checkpoint.exists()
     calibration = [x.to(settings.device) for x in data.calibration] if method.quantizes else []
     qat = qat_recipe(cfg)

@@ -132,14 +132,37 @@ def test_a_quantizer_gives_the_python_paths_values_and_gradients(offset, init, s
             assert off1[0].item() == pytest.approx(off0[0].item(), rel=1e-5)
 
 
-def test_layouts_dtypes_and_devices_it_does_not_take_go_the_python_way():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_channel_slice_gives_the_python_paths_values_and_gradients(channels_last):
+    """MixNet's mixed-kernel convs each quantize a channel slice of their input: a strided view."""
+    torch.manual_seed(4)
+    base = torch.randn(4, 12, 5, 5)
+    if channels_last:
+        base = base.contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(4, 5, 5, 5)
+    results = []
+    for enabled in (False, True):
+        native.use_native_kernels(enabled)
+        q = LearnedStepQuantizer(4, True)
+        q.initialize(Observation.of(base))
+        x = base.clone().requires_grad_(True)
+        view = x[:, 3:8]
+        assert not view.is_contiguous() and not view.is_contiguous(memory_format=torch.channels_last)
+        out = q(view)
+        out.backward(grad_out)
+        results.append((out, x.grad, q.step.grad))
+    (out0, gx0, gs0), (out1, gx1, gs1) = results
+    assert torch.equal(out0, out1) and torch.equal(gx0, gx1)
+    assert gs1.item() == pytest.approx(gs0.item(), rel=1e-5)
+
+
+def test_other_dtypes_go_the_python_way_and_the_switch_turns_it_off():
     v = torch.randn(8, 6)
-    assert native.applies(v) and native.applies(torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last))
-    assert not native.applies(v[:, ::2]) and not native.applies(v.double())
-    q = LearnedStepQuantizer(4, True)
+    assert native.applies(v) and native.applies(v[:, ::2])
+    assert not native.applies(v.double())
+    q = LearnedStepQuantizer(4, True).double()
     q.initialize(Observation.of(v))
-    x = v[:, ::2].clone().t().requires_grad_(True)  # a transposed (non-contiguous) input
-    out = q(x)
+    out = q(v.double().requires_grad_(True))
     assert isinstance(out.grad_fn, LearnedStepFakeQuant._backward_cls)
     native.use_native_kernels(False)
     assert not native.applies(v)

@@ -50,8 +50,12 @@ def test_a_finished_run_is_skipped_and_the_baseline_reused(make_config, capsys):
     assert other_bits["run_id"] != first["run_id"]
     assert other_bits["fp"] == first["fp"]
     assert (baselines[0] / "baseline.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
     forced = run(make_config("force=true"))
     assert forced["created"] >= first["created"] and forced["run_id"] == first["run_id"]
+    # trained again (not resumed from its finished checkpoint and re-evaluated), to the same numbers
+    assert forced["resumed_at_epoch"] == 0 and "trains again from the start" in capsys.readouterr().out
+    assert forced["metrics"] == first["metrics"]
 
 
 def test_run_identity_ignores_paths_and_runtime_but_not_results(make_config, tmp_path):

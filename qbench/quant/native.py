@@ -12,8 +12,8 @@ in one fixed order (16 float lanes per block of 16384 elements, then lanes and b
 so they do not depend on the thread count, and differ from the compiled kernels' float sums by
 rounding. The published records were made with the compiled kernels, so the flag is off by default.
 The op is built on first use with the machine's C++ compiler (the one ``torch.compile`` uses;
-~30 s, cached under ``TORCH_EXTENSIONS_DIR``); tensors on other devices, other dtypes or
-other layouts take the Python path.
+~30 s, cached under ``TORCH_EXTENSIONS_DIR``); tensors on other devices or of other dtypes take the
+Python path.
 """
 from __future__ import annotations
 
@@ -61,10 +61,10 @@ def native_kernels_enabled() -> bool:
 
 
 def applies(v: torch.Tensor) -> bool:
-    """Whether the C++ op takes ``v``: enabled, a float32 CPU tensor, contiguous or channels_last,
+    """Whether the C++ op takes ``v``: enabled, a float32 CPU tensor (a strided view is made dense
+    in its memory format, as the Python path's :func:`~qbench.quant.kernels.flatten` does),
     outside ``torch.compile``."""
-    return (_enabled and v.device.type == "cpu" and v.dtype == torch.float32 and not torch.compiler.is_compiling()
-            and (v.is_contiguous() or (v.dim() == 4 and v.is_contiguous(memory_format=torch.channels_last))))
+    return _enabled and v.device.type == "cpu" and v.dtype == torch.float32 and not torch.compiler.is_compiling()
 
 
 def learned_step_fake_quant(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, qmin: int,

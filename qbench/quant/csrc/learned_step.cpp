@@ -130,14 +130,16 @@ std::tuple<at::Tensor, double, double> fake_quantize_grads(const at::Tensor& v, 
 struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQuant> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& v, const at::Tensor& step,
                             const c10::optional<at::Tensor>& offset, int64_t qmin, int64_t qmax, double grad_scale) {
-    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.is_non_overlapping_and_dense(),
-                "learned_step_fake_quant takes a dense float32 CPU tensor");
+    TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat, "learned_step_fake_quant takes a float32 CPU tensor");
+    // A strided view (a channel slice that a mixed-kernel conv feeds to one of its convs) is made dense
+    // in its memory format once; the output and ∂L/∂v take that layout.
+    const at::Tensor x = v.is_non_overlapping_and_dense() ? v : v.contiguous(v.suggest_memory_format());
     const at::Tensor beta = offset.has_value() ? *offset : at::Tensor();
-    ctx->save_for_backward({v, step, beta});
+    ctx->save_for_backward({x, step, beta});
     ctx->saved_data["qmin"] = qmin;
     ctx->saved_data["qmax"] = qmax;
     ctx->saved_data["grad_scale"] = grad_scale;
-    return fake_quantize(v, grid_of(step, beta, qmin, qmax), beta.defined());
+    return fake_quantize(x, grid_of(step, beta, qmin, qmax), beta.defined());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
