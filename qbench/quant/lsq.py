@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from qbench.distributed import current_world
+from qbench.quant import native
 from qbench.quant.base import Quantizer
 from qbench.quant.grid import STEP_MIN, integer_range
-from qbench.quant import native
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
 

@@ -1,9 +1,9 @@
 """LSQ / LSQ+ quantizers as one C++ op per call on the CPU (``runtime.native_kernels``).
 
 On the CPU a quantizer call costs more in Python, dispatcher and ``torch.compile`` guard overhead
-than in arithmetic wherever the tensor is small: ~170 µs forward + backward for a 144×1×3×3
-depthwise weight against ~30 µs for one autograd multiply, and MobileNetV2 makes ~100 such calls
-a step. ``csrc/learned_step.cpp`` computes the forward and the three gradients of
+than in arithmetic wherever the tensor is small: ~210 µs forward + backward for a 144×1×3×3
+depthwise weight (~47 µs through this op) against ~30 µs for one autograd multiply, and
+MobileNetV2 makes ~100 such calls a step. ``csrc/learned_step.cpp`` computes the forward and the three gradients of
 :class:`qbench.quant.lsq.LearnedStepFakeQuant` in one C++ autograd Function (the step floor with
 its straight-through gradient inside), vectorised by the C++ compiler.
 
@@ -54,10 +54,6 @@ def use_native_kernels(enabled: bool) -> None:
     if enabled:
         load()
     _enabled = enabled
-
-
-def native_kernels_enabled() -> bool:
-    return _enabled
 
 
 def applies(v: torch.Tensor) -> bool:
