@@ -200,7 +200,7 @@ def test_the_progressive_apot_chain_runs_the_wider_run_first_and_starts_from_it(
 def test_a_cell_whose_wider_run_does_not_end_ok_is_recorded_failed_without_starting(make_config, monkeypatch):
     started = []
 
-    def diverges(cell, attempt=1):
+    def diverges(cell, attempt=1, start_over=False):
         started.append(cell.cfg["wbits"])
         return {"run_id": cell.run_id, "status": "diverged"}
 
@@ -229,7 +229,7 @@ def test_a_cell_waits_while_another_process_holds_its_lock(make_config, monkeypa
     cfg = make_config("method=lsq")
     cell = prepare_cell(cfg)
     started = threading.Event()
-    monkeypatch.setattr("qbench.run.execute", lambda cell, attempt=1: started.set() or {"status": "ok"})
+    monkeypatch.setattr("qbench.run.execute", lambda cell, attempt=1, start_over=False: started.set() or {"status": "ok"})
     cell.run_dir.parent.mkdir(parents=True)
     with FileLock(str(cell.run_dir.parent / f"{cell.run_id}.lock")):
         worker = threading.Thread(target=run, args=(cfg,))
