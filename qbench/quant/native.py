@@ -17,6 +17,8 @@ Python path.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +41,9 @@ def load() -> ModuleType:
     global _module
     if _module is None:
         from torch.utils.cpp_extension import load as load_extension
+        # torch runs `ninja` from PATH: the ninja package installs it beside this interpreter,
+        # which is not on PATH when the environment's python runs without being activated
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         try:
             _module = load_extension("qbench_learned_step", [str(SOURCE)], extra_cflags=CFLAGS)
         except Exception as err:  # a missing compiler raises RuntimeError, OSError or CalledProcessError
