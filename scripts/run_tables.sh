@@ -4,6 +4,7 @@
 #   bash scripts/run_tables.sh                              # every experiment in conf/experiment
 #   bash scripts/run_tables.sh lsqplus_table2 apot_ablation -- recipe.cpu_threads=1
 #   bash scripts/run_tables.sh --publish lsqplus_table2     # developers: refresh the committed tables
+#   bash scripts/run_tables.sh --publish --render-only      # re-render them from the records alone
 # Without --publish the sweeps write your own ledger (paths.records_dir, runs/records) and each
 # table shows your runs beside qbench's published ones and the paper's, in runs/tables.
 # With --publish the sweeps write qbench's published records (results/published) and every
@@ -17,10 +18,11 @@ set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-names=() overrides=() publish=false
+names=() overrides=() publish=false render_only=false
 while [[ $# -gt 0 ]]; do
   if [[ $1 == "--" ]]; then shift; overrides=("$@"); break; fi
   if [[ $1 == "--publish" ]]; then publish=true; shift; continue; fi
+  if [[ $1 == "--render-only" ]]; then render_only=true; shift; continue; fi
   names+=("$1"); shift
 done
 if [[ ${#names[@]} -eq 0 ]]; then
@@ -29,6 +31,7 @@ fi
 if $publish; then
   overrides=("paths.records_dir=results/published" "${overrides[@]}")
 fi
+$render_only && names=()
 for name in "${names[@]}"; do
   echo "=== $name: started $(date +%T)"
   qbench -m "experiment=$name" runtime.progress=false "${overrides[@]}"

@@ -25,6 +25,20 @@ CLAIMS_PAGE = REPO / "results" / "claims.md"
 RESULTS_PAGE = REPO / "results" / "README.md"
 
 
+def first_difference(written: Path, committed: Path) -> str:
+    """Empty when the two files hold the same bytes, else where they first differ. The tests assert
+    on this short text rather than on the bytes: pytest explains a failed ``==`` of two large byte
+    strings with a diff whose cost grows with the square of their length (a few PNGs took CI most
+    of an hour)."""
+    new, old = written.read_bytes(), committed.read_bytes()
+    if new == old:
+        return ""
+    at = next((i for i, (a, b) in enumerate(zip(new, old)) if a != b), min(len(new), len(old)))
+    line = old[:at].count(b"\n") + 1
+    return (f"{len(new)} bytes written, {len(old)} committed, first difference at byte {at} "
+            f"(line {line}): written {new[at:at + 60]!r}, committed {old[at:at + 60]!r}")
+
+
 def table_args(stem: str) -> list[str]:
     """The qbench-table arguments that write ``<stem>.md`` and ``<stem>.csv``: ``NAME--VALUE`` is
     ``NAME --select recipe.name=VALUE``; ``all_runs`` is ``--all``."""
@@ -45,9 +59,9 @@ def test_committed_table_regenerates_byte_identical(filename, tmp_path):
     argv = [*table_args(Path(filename).stem), "--published", "--published-dir", str(PUBLISHED),
             "--out-dir", str(tmp_path)]
     assert main(argv) == 0
-    assert (tmp_path / filename).read_bytes() == (TABLES / filename).read_bytes(), (
+    assert not (diff := first_difference(tmp_path / filename, TABLES / filename)), (
         f"results/tables/{filename} is not what `qbench-table {' '.join(argv[:-4])}` renders from "
-        "results/published: re-render it, never edit it by hand")
+        "results/published: re-render it, never edit it by hand; " + diff)
 
 
 def test_every_committed_table_has_its_picture():
@@ -64,22 +78,22 @@ def test_committed_picture_regenerates_byte_identical(stem, tmp_path):
                     f"{matplotlib.__version__}: its pixels may differ")
     argv = [*table_args(stem), "--published", "--published-dir", str(PUBLISHED), "--out-dir", str(tmp_path)]
     assert main(argv) == 0
-    assert (tmp_path / f"{stem}.png").read_bytes() == (TABLES / f"{stem}.png").read_bytes(), (
+    assert not (diff := first_difference(tmp_path / f"{stem}.png", TABLES / f"{stem}.png")), (
         f"results/tables/{stem}.png is not what `qbench-table {' '.join(argv[:-4])}` draws from "
-        "results/published: re-render it")
+        "results/published: re-render it; " + diff)
 
 
 def test_committed_claims_page_regenerates_byte_identical(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the page names the records folder as given: the default, results/published
     assert main(["--claims", "--out-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "claims.md").read_bytes() == CLAIMS_PAGE.read_bytes(), (
+    assert not (diff := first_difference(tmp_path / "claims.md", CLAIMS_PAGE)), (
         "results/claims.md is not what `qbench-table --claims` writes from results/published: "
-        "re-render it, never edit it by hand")
+        "re-render it, never edit it by hand; " + diff)
 
 
 def test_committed_results_page_regenerates_byte_identical(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the page names the records folder as given and reads results/tables
     assert main(["--results-page", "--out-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "README.md").read_bytes() == RESULTS_PAGE.read_bytes(), (
+    assert not (diff := first_difference(tmp_path / "README.md", RESULTS_PAGE)), (
         "results/README.md is not what `qbench-table --results-page` writes from results/published: "
-        "re-render it, never edit it by hand")
+        "re-render it, never edit it by hand; " + diff)
