@@ -7,6 +7,7 @@
     python scripts/bench_step.py --fuse-batch-norm --out results/bench-fused.md    # + runtime.fuse_batch_norm rows
     python scripts/bench_step.py --split --methods lsq --out results/bench-split.md  # + weights-only, inputs-only rows
     python scripts/bench_step.py --native --methods lsq lsqplus --out results/bench-native.md  # + runtime.native_kernels rows
+    python scripts/bench_step.py --native --models resnet18 --methods lsq apot --out results/bench-native-apot.md
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -19,7 +20,7 @@ peak RSS (``VmHWM``), runs a few steps and reports the peak, so networks do not 
 the compiler's memory is not counted.
 With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``);
 with ``--split``, rows ``METHOD:weights`` and ``METHOD:inputs``: where the method's time goes;
-with ``--native``, a row ``METHOD+native`` whose LSQ / LSQ+ quantizers run the C++ op
+with ``--native``, a row ``METHOD+native`` whose LSQ / LSQ+ and APoT quantizers run the C++ ops
 (``runtime.native_kernels``), switched on for that row's steps only.
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
@@ -101,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="beside each method, rows METHOD:weights and METHOD:inputs, the method with only its "
                              "weight / only its input quantizers, timed in the same process")
     parser.add_argument("--native", action="store_true",
-                        help="beside each method, a row METHOD+native: LSQ / LSQ+ quantizers as the C++ op "
+                        help="beside each method, a row METHOD+native: LSQ / LSQ+ and APoT quantizers as C++ ops "
                              "(runtime.native_kernels), timed in the same process")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
@@ -194,7 +195,7 @@ def build(model_name: str, methods: list[str], args: argparse.Namespace, x: torc
 
 
 def select_kernels(row: str) -> None:
-    """The C++ LSQ op for a ``METHOD+native`` row's steps, the Python path for every other row."""
+    """The C++ ops for a ``METHOD+native`` row's steps, the Python path for every other row."""
     use_native_kernels(row.endswith(NATIVE))
 
 
@@ -309,7 +310,7 @@ def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
-    native = (f"; rows METHOD{NATIVE}: LSQ / LSQ+ quantizers as one C++ op each (runtime.native_kernels)"
+    native = (f"; rows METHOD{NATIVE}: LSQ / LSQ+ and APoT quantizers as one C++ op each (runtime.native_kernels)"
               if args.native else "")
     fused = (f"; rows METHOD{FUSED}: batch norm, activation and LSQ/LSQ+ input quantizer fused "
              "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""

@@ -226,7 +226,7 @@ def test_without_a_compiler_the_run_stops_with_one_line_and_writes_nothing(tmp_p
     from qbench.cli import main
 
     def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension 'qbench_learned_step'\nc++: not found")
+        raise RuntimeError("Error building extension 'qbench_native'\nc++: not found")
 
     monkeypatch.setattr(native, "_module", None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
@@ -237,6 +237,6 @@ def test_without_a_compiler_the_run_stops_with_one_line_and_writes_nothing(tmp_p
         main()
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1
-    assert lines[0] == ("qbench: error: runtime.native_kernels=true: cannot build the native quantizer op "
-                        "(learned_step.cpp): Error building extension 'qbench_learned_step'; set it to false")
+    assert lines[0] == ("qbench: error: runtime.native_kernels=true: cannot build the native quantizer ops "
+                        "(qbench/quant/csrc): Error building extension 'qbench_native'; set it to false")
     assert list(tmp_path.iterdir()) == []

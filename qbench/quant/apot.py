@@ -15,6 +15,8 @@ with Π the projection to the nearest level. Backward (eq. 7, RCF):
     ∂x̂/∂α = sign(x) if |x| > α,  Π(x/α) − x/α otherwise
     ∂x̂/∂x = 1 inside the clipping range, 0 outside (``grad_outside`` sets the weights' value
             outside: the official code passes 1 for 2-bit weights, its "calibrated gradient").
+With ``runtime.native_kernels`` a CPU float32 tensor takes one C++ op instead
+(:mod:`qbench.quant.native`), the same math.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from qbench.quant import native
 from qbench.quant.base import Quantizer
 from qbench.quant.kernels import flatten, kernel, memory_order, unflatten
 from qbench.quant.observer import Observation
@@ -259,9 +262,12 @@ class APoTQuantizer(Quantizer):
 
     def quantize(self, v: torch.Tensor) -> torch.Tensor:
         alpha = self.alpha.abs() + 1e-8
+        lo = -1.0 if self.signed else 0.0
+        if native.applies(v):
+            return native.rcf_quantize(v, alpha, self.levels, self.level_bounds, lo, self.grad_outside,
+                                       self.weight_norm)
         table = LevelTable(self.levels, self.level_bounds, self.level_first, self.level_inv_cell)
-        return RCFQuantize.apply(v, alpha, table, -1.0 if self.signed else 0.0, self.grad_outside,
-                                 self.weight_norm)
+        return RCFQuantize.apply(v, alpha, table, lo, self.grad_outside, self.weight_norm)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, levels={self.kind}, weight_norm={self.weight_norm}"

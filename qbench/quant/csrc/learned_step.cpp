@@ -8,20 +8,13 @@
 //
 // One call per direction instead of Python, dispatcher and torch.compile guard overhead per tensor.
 // The forward is bit for bit the eager formula (IEEE division, multiplication, round half to even; no
-// contracted multiply-adds). The sums run in 16 float lanes per block of 16384 elements, then the lanes
-// and the blocks in order in double: one fixed order, whatever the thread count or vector width.
-#include <torch/extension.h>
+// contracted multiply-adds). The sums run in the fixed order of native.h.
+#include "native.h"
 
-#include <ATen/Parallel.h>
-
-#include <algorithm>
-#include <vector>
-
+namespace qbench {
 namespace {
 
 constexpr float kStepMin = 1e-8f;  // qbench.quant.grid.STEP_MIN
-constexpr int64_t kBlock = 16384;
-constexpr int kLanes = 16;
 constexpr float kRoundMagic = 12582912.0f;  // 1.5·2^23: (z + m) − m rounds |z| < 2^22 half to even
 
 inline float round_half_even(float z) { return (z + kRoundMagic) - kRoundMagic; }
@@ -58,25 +51,21 @@ inline Terms backward_terms(float v, float grad, Grid g) {
   return {inside ? grad : 0.0f, grad * dstep, inside ? 0.0f : grad};
 }
 
+// ∂L/∂v of one block, and its (step, offset) sums.
 template <bool HasOffset>
-void backward_block(const float* __restrict v, const float* __restrict grad_out, float* __restrict grad_v,
-                    int64_t n, Grid g, double& sum_step, double& sum_offset) {
-  float lanes_step[kLanes] = {0}, lanes_offset[kLanes] = {0};
+std::array<double, 2> backward_block(const float* __restrict v, const float* __restrict grad_out,
+                                     float* __restrict grad_v, int64_t n, Grid g) {
+  Lanes<2> sums;
   for (int64_t i = 0; i < n; i += kLanes) {
     const int width = n - i < kLanes ? int(n - i) : kLanes;
     for (int l = 0; l < width; ++l) {
       const Terms t = backward_terms<HasOffset>(v[i + l], grad_out[i + l], g);
       grad_v[i + l] = t.grad_v;
-      lanes_step[l] += t.step;
-      lanes_offset[l] += t.offset;
+      sums.lane[0][l] += t.step;
+      sums.lane[1][l] += t.offset;
     }
   }
-  sum_step = 0.0;
-  sum_offset = 0.0;
-  for (int l = 0; l < kLanes; ++l) {
-    sum_step += lanes_step[l];
-    sum_offset += lanes_offset[l];
-  }
+  return sums.total();
 }
 
 Grid grid_of(const at::Tensor& step, const at::Tensor& offset, int64_t qmin, int64_t qmax) {
@@ -101,39 +90,23 @@ at::Tensor fake_quantize(const at::Tensor& v, Grid g, bool has_offset) {
 // (∂L/∂v, Σ step term, Σ offset term) before the gradient scale.
 std::tuple<at::Tensor, double, double> fake_quantize_grads(const at::Tensor& v, const at::Tensor& grad_out, Grid g,
                                                            bool has_offset) {
-  at::Tensor grad = grad_out.strides() == v.strides() ? grad_out : at::empty_like(v).copy_(grad_out);
+  const at::Tensor grad = like(grad_out, v);
   at::Tensor grad_v = at::empty_like(v);
-  const int64_t n = v.numel();
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> step_sums(blocks), offset_sums(blocks);
   const float* in = v.const_data_ptr<float>();
   const float* gin = grad.const_data_ptr<float>();
   float* gv = grad_v.mutable_data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t begin = b * kBlock, size = std::min(n, begin + kBlock) - begin;
-      if (has_offset) {
-        backward_block<true>(in + begin, gin + begin, gv + begin, size, g, step_sums[b], offset_sums[b]);
-      } else {
-        backward_block<false>(in + begin, gin + begin, gv + begin, size, g, step_sums[b], offset_sums[b]);
-      }
-    }
+  const auto sums = ordered_block_sums<2>(v.numel(), [&](int64_t begin, int64_t size) {
+    return has_offset ? backward_block<true>(in + begin, gin + begin, gv + begin, size, g)
+                      : backward_block<false>(in + begin, gin + begin, gv + begin, size, g);
   });
-  double sum_step = 0.0, sum_offset = 0.0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    sum_step += step_sums[b];
-    sum_offset += offset_sums[b];
-  }
-  return {grad_v, sum_step, sum_offset};
+  return {grad_v, sums[0], sums[1]};
 }
 
 struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQuant> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& v, const at::Tensor& step,
                             const c10::optional<at::Tensor>& offset, int64_t qmin, int64_t qmax, double grad_scale) {
     TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat, "learned_step_fake_quant takes a float32 CPU tensor");
-    // A strided view (a channel slice that a mixed-kernel conv feeds to one of its convs) is made dense
-    // in its memory format once; the output and ∂L/∂v take that layout.
-    const at::Tensor x = v.is_non_overlapping_and_dense() ? v : v.contiguous(v.suggest_memory_format());
+    const at::Tensor x = dense(v);
     const at::Tensor beta = offset.has_value() ? *offset : at::Tensor();
     ctx->save_for_backward({x, step, beta});
     ctx->saved_data["qmin"] = qmin;
@@ -156,14 +129,11 @@ struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQu
   }
 };
 
+}  // namespace
+
 at::Tensor learned_step_fake_quant(const at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
                                    int64_t qmin, int64_t qmax, double grad_scale) {
   return LearnedStepFakeQuant::apply(v, step, offset, qmin, qmax, grad_scale);
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("learned_step_fake_quant", &learned_step_fake_quant,
-        "v̂ = s·round(clamp((v − β)/s, qmin, qmax)) + β with the LSQ / LSQ+ gradients (grad_scale on s and β)");
-}
+}  // namespace qbench
