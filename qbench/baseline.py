@@ -24,6 +24,7 @@ from qbench.data import Data
 from qbench.engine import TrainSettings, evaluate, train
 from qbench.identity import baseline_config, config_hash
 from qbench.models import create_model, load_weights, pretrained_name
+from qbench.provenance import cpu_kernels
 from qbench.validate import ConfigError
 
 
@@ -99,7 +100,7 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
                                settings.progress, desc="eval fp")
             save_atomic(model.state_dict(), weights_path)
             info = {"key": key, "config": identity, "metrics": metrics, "torch_threads": torch.get_num_threads(),
-                    "weights_sha256": file_sha256(weights_path)}
+                    "cpu_kernels": cpu_kernels(), "weights_sha256": file_sha256(weights_path)}
             tmp = info_path.with_name(info_path.name + ".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             os.replace(tmp, info_path)

@@ -1,6 +1,7 @@
 """Where a result came from: library versions and the git state of the code that made it."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -28,6 +29,18 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_kernels() -> dict[str, str | None]:
+    """What picks the CPU kernels, and so the float rounding of everything a CPU run computes: the
+    CPU's name, the vector instruction set PyTorch's kernels dispatch to (``AVX2``, ``AVX512``;
+    ``ATEN_CPU_CAPABILITY`` caps it) and the cap on oneDNN's (``ONEDNN_MAX_CPU_ISA``, which runs
+    the convolutions; ``None``: the machine's best). One FP recipe trained on an AVX2 and on an
+    AVX512 machine gives two different networks."""
+    import torch
+
+    return {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
 
 
 @lru_cache(maxsize=None)

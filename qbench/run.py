@@ -19,7 +19,7 @@ from qbench.data import run_data
 from qbench.distributed import barrier, current_world, init_world, rank_device
 from qbench.engine import Diverged, TrainSettings, evaluate, train, weight_decay_for_bits
 from qbench.methods import Method, RunFacts, create_method
-from qbench.provenance import git_state, versions
+from qbench.provenance import cpu_kernels, git_state, versions
 from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.fused import fuse_activation_quantizers
@@ -207,7 +207,7 @@ def execute(cell: Cell, attempt: int = 1, start_over: bool = False) -> dict:
     if world.is_main:
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     started = time.time()
-    provenance = {"versions": versions(), "git": git_state()}
+    provenance = {"versions": versions(), "git": git_state(), "cpu_kernels": cpu_kernels()}
     torch.manual_seed(cfg["seed"])
     recipe = cfg["recipe"]
     try:

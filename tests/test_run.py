@@ -31,6 +31,7 @@ def test_every_model_and_method_end_to_end(make_config, model, method):
     for key in ("versions", "git", "seed", "wall_time_s", "config", "host", "device"):
         assert key in saved
     assert saved["versions"]["torch"].startswith("2.14.1")
+    assert saved["cpu_kernels"]["capability"] == torch.backends.cpu.get_cpu_capability()
     if METHODS[method].quantizes:
         precision = saved["layer_precision"]
         assert precision[MODELS[model].first_layer] == [8, 8]
@@ -44,6 +45,8 @@ def test_a_finished_run_is_skipped_and_the_baseline_reused(make_config, capsys):
     baselines = list((Path(cfg["paths"]["runs_dir"]) / "baselines").iterdir())
     assert len(baselines) == 1
     stamp = (baselines[0] / "baseline.json").stat().st_mtime_ns
+    info = json.loads((baselines[0] / "baseline.json").read_text())
+    assert info["cpu_kernels"] == first["cpu_kernels"] and info["cpu_kernels"]["capability"]
     assert run(cfg)["created"] == first["created"]
     assert "already done" in capsys.readouterr().out
     other_bits = run(make_config("bits=2"))
