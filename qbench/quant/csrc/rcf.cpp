@@ -8,11 +8,11 @@
 //   ∂L/∂α = Σ ∂L/∂x̂·(Π(clip(u)) − u inside, else Π(clip(u)))
 // and through the normalisation ∂L/∂v = inv_scale·(∂L/∂n − Σ∂L/∂n/N − n·Σ(∂L/∂n·n)/(N − 1)).
 //
-// Π: level sets of up to 64 levels (every APoT and PoT set up to 5 bits, uniform up to 6) take a chain
-// of selects, one per midpoint, with one element per SIMD lane; larger sets a binary search over the
-// midpoints. Each output is a level, so x̂ and ∂L/∂n are the eager formula bit for bit (no contracted
-// multiply-adds). mean and std are summed in double (the eager path sums in float), and every sum runs
-// in the fixed order of native.h.
+// Π: level sets of 2 to 6 bits (up to 64 levels) take a chain of selects, one per midpoint, as
+// straight-line code with one element per SIMD lane; larger sets a binary search over the midpoints.
+// Each output is a level, so x̂ and ∂L/∂n are the eager formula bit for bit (no contracted
+// multiply-adds). mean and std are summed in double (the eager path sums in float), and every sum
+// runs in the fixed order of native.h.
 #include "native.h"
 
 #include <cmath>
@@ -38,11 +38,11 @@ inline float clipped(float u, const Rcf& r) {
   return above > 1.0f ? 1.0f : above;
 }
 
-// Π: the level above every midpoint below the value (NaN: the lowest level), by a chain of Bounds
-// selects, straight-line code, or (Bounds = 0) a binary search.
 // a if take, else b; both evaluated (a conditional load would keep the loop from vectorising).
 inline float select(bool take, float a, float b) { return take ? a : b; }
 
+// Π: the level above every midpoint below the value (NaN: the lowest level), by a chain of Bounds
+// selects, straight-line code, or (Bounds = 0) a binary search.
 template <int... J>
 inline float chain(float c, const Rcf& r, std::integer_sequence<int, J...>) {
   float out = r.levels[0];
@@ -127,7 +127,7 @@ std::array<double, 2> shifted_moments(const float* __restrict v, int64_t n, doub
 }
 
 // (mean, 1/std) of v, unbiased std, in one pass: the moments about the first value, summed in
-// double (the shift keeps the variance exact where the mean is large against the spread).
+// double (the shift keeps the variance accurate where the mean is large against the spread).
 std::pair<float, float> normalisation(const float* v, int64_t n) {
   const double k = v[0];
   const auto [sum, squares] = ordered_block_sums<2>(
