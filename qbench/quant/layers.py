@@ -88,7 +88,8 @@ def in_layout_of(value: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     channel (ResNet18's stem on 1×28×28 images) has two sets of strides that are both contiguous;
     ``channels_last`` gives it (9, 1, 3, 1), but element-wise ops on it return (9, 9, 3, 1), and the
     conv then runs in NCHW and hands its output, in NCHW, to every layer up to the next conv
-    (measured: ResNet18's max-pool 25 ms instead of 2 ms per evaluation batch of 512)."""
+    (measured on ResNet18 APoT W4A4, whose 8-bit stem quantizer did this: a training step 164 →
+    144 ms, an evaluation batch of 512 138 → 127 ms, once the weight keeps its strides)."""
     if value.stride() == weight.stride():
         return value
     return torch.empty_strided(weight.shape, weight.stride(), dtype=value.dtype, device=value.device).copy_(value)
