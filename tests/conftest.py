@@ -34,3 +34,26 @@ def make_config(tmp_path):
     def make(*overrides: str, tiny: bool = True) -> dict:
         return compose_config(list(overrides), tmp_path, tiny)
     return make
+
+
+@pytest.fixture
+def quantized_network():
+    """make(model, method, bits) -> (network, x): the method's W<bits>A<bits> network of ``model``
+    (Fashion-MNIST shape, channels_last, edge layers at the default precision), initialised on
+    ``x``, a channels_last batch of 8."""
+    from qbench.methods import create_method
+    from qbench.models import create_model, model_spec
+    from qbench.phases import prepare
+    from qbench.quant.convert import EdgeLayerPolicy, plan_precision
+
+    def make(model_name: str, method_name: str, bits: int) -> tuple[torch.nn.Module, torch.Tensor]:
+        torch.manual_seed(0)
+        fp = create_model(model_name, 10, 1)
+        spec = model_spec(model_name)
+        method = create_method({"name": method_name})
+        plan = plan_precision(fp, bits, bits, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
+        model = prepare(fp, method.adjust_plan(fp, plan), method).to(memory_format=torch.channels_last)
+        x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+        method.initialize(model, [x], train_mode=False)
+        return model, x
+    return make

@@ -168,21 +168,9 @@ def test_other_dtypes_go_the_python_way_and_the_switch_turns_it_off():
     assert not native.applies(v)
 
 
-def test_a_network_step_gives_the_python_paths_loss_and_gradients():
-    from qbench.methods import create_method
-    from qbench.models import create_model, model_spec
-    from qbench.phases import prepare
-    from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-
-    torch.manual_seed(0)
-    fp = create_model("mobilenet_v2", 10, 1)
-    spec = model_spec("mobilenet_v2")
-    method = create_method({"name": "lsqplus"})
-    plan = plan_precision(fp, 3, 3, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
-    model = prepare(fp, method.adjust_plan(fp, plan), method).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+def test_a_network_step_gives_the_python_paths_loss_and_gradients(quantized_network):
+    model, x = quantized_network("mobilenet_v2", "lsqplus", 3)
     y = torch.randint(0, 10, (8,))
-    method.initialize(model, [x], train_mode=False)
     state = copy.deepcopy(model.state_dict())
     losses, grads = [], []
     for enabled in (False, True):

@@ -184,21 +184,9 @@ def test_other_dtypes_go_the_python_way():
     assert not isinstance(out32.grad_fn, RCFQuantize._backward_cls)  # float32 takes the C++ op
 
 
-def test_a_resnet18_step_gives_the_python_paths_loss_and_gradients():
-    from qbench.methods import create_method
-    from qbench.models import create_model, model_spec
-    from qbench.phases import prepare
-    from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-
-    torch.manual_seed(0)
-    fp = create_model("resnet18", 10, 1)
-    spec = model_spec("resnet18")
-    method = create_method({"name": "apot"})
-    plan = plan_precision(fp, 4, 4, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
-    model = prepare(fp, method.adjust_plan(fp, plan), method).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+def test_a_resnet18_step_gives_the_python_paths_loss_and_gradients(quantized_network):
+    model, x = quantized_network("resnet18", "apot", 4)
     y = torch.randint(0, 10, (8,))
-    method.initialize(model, [x], train_mode=False)
     state = copy.deepcopy(model.state_dict())
     losses, grads = [], []
     for enabled in (False, True):

@@ -69,20 +69,8 @@ def test_in_layout_of_copies_only_where_the_strides_differ_and_passes_the_gradie
 
 
 @pytest.mark.parametrize("method", ["apot", "lsq", "faq"])
-def test_every_conv_of_a_channels_last_resnet18_outputs_channels_last(method):
-    from qbench.methods import create_method
-    from qbench.models import create_model, model_spec
-    from qbench.phases import prepare
-    from qbench.quant.convert import EdgeLayerPolicy, plan_precision
-
-    torch.manual_seed(0)
-    fp = create_model("resnet18", 10, 1)
-    spec = model_spec("resnet18")
-    m = create_method({"name": method})
-    plan = plan_precision(fp, 4, 4, spec.first_layer, spec.last_layer, EdgeLayerPolicy(), EdgeLayerPolicy())
-    model = prepare(fp, m.adjust_plan(fp, plan), m).to(memory_format=torch.channels_last)
-    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    m.initialize(model, [x], train_mode=False)
+def test_every_conv_of_a_channels_last_resnet18_outputs_channels_last(method, quantized_network):
+    model, x = quantized_network("resnet18", method, 4)
     layouts = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
