@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 # Top-level keys that say how or where to run, never what is computed.
 NOT_RESULT_RELEVANT = ("runtime", "paths", "force", "bits", "dry_run", "retries")
@@ -60,15 +61,26 @@ def seed_free_identity(cfg: dict) -> str:
     return config_hash(seed_free_config(cfg))
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of the file at ``path``, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def baseline_config(cfg: dict, device_type: str) -> dict:
-    """What the FP baseline depends on: data, architecture, weights source, FP recipe (with the
-    CPU thread count), seed, and the device type that trains it (CPU and CUDA kernels reduce in
-    different orders, so they give different weights)."""
+    """What the FP baseline depends on: data, architecture, weights source (a ``model.weights``
+    file by its content, so that a file replaced under the same name is a new baseline), FP
+    recipe (with the CPU thread count), seed, and the device type that trains it (CPU and CUDA
+    kernels reduce in different orders, so they give different weights)."""
     recipe = cfg["recipe"]
-    trained = not (cfg["dataset"]["pretrained_fp"] or cfg["model"]["weights"])
+    weights = cfg["model"]["weights"]
+    trained = not (cfg["dataset"]["pretrained_fp"] or weights)
     return {
         "dataset": {k: v for k, v in cfg["dataset"].items() if k not in DATASET_LOCATION_KEYS},
-        "model": cfg["model"],
+        "model": {**cfg["model"], "weights_sha256": file_sha256(weights)} if weights else cfg["model"],
         "fp_recipe": {"batch_size": recipe["batch_size"], "cpu_threads": recipe.get("cpu_threads"), **recipe["fp"]}
         if trained else None,
         "device_type": device_type if trained else None,

@@ -13,7 +13,7 @@ import torch
 from filelock import FileLock
 
 from qbench import phases
-from qbench.baseline import fp_source, get_baseline
+from qbench.baseline import get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta, load_model_state
 from qbench.data import run_data
 from qbench.distributed import barrier, current_world, init_world, rank_device
@@ -276,7 +276,7 @@ def execute(cell: Cell, attempt: int = 1, start_over: bool = False) -> dict:
         "config": cfg,
         "metrics": metrics,
         "fp": {**baseline.metrics, "baseline_key": baseline.key, "weights_sha256": baseline.weights_sha256,
-               "source": fp_source(cfg)},
+               "source": baseline.source},
         "seed": cfg["seed"],
         "attempts": attempt,
         "wall_time_s": round(time.time() - started, 1),

@@ -201,6 +201,12 @@ def validate(cfg: dict) -> None:
             read_state_dict(weights)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    from qbench.baseline import published_folder  # qbench.baseline imports this module
+
+    published = cfg["paths"].get("published_baselines")
+    if published is not None and not (isinstance(published, str) and published_folder(cfg).is_dir()):
+        raise ConfigError(f"paths.published_baselines={published!r} is not a folder (a relative path is taken from "
+                          "the qbench checkout); give the published baselines' folder or null to train every baseline")
     runtime = cfg["runtime"]
     if runtime["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device={runtime['device']!r} is not allowed; use auto, cpu or cuda")

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from qbench import phases
-from qbench.baseline import file_sha256
 from qbench.checkpoint import CheckpointError, load_checkpoint
 from qbench.evaluate import rebuild
+from qbench.identity import file_sha256
 from qbench.methods import create_method
 from qbench.models import create_model
 from qbench.report.records import read_record
