@@ -111,6 +111,45 @@ def test_inconclusive_says_which_cell_cannot_be_tested(records, reason):
     assert verdict == INCONCLUSIVE and outcome.verdict == INCONCLUSIVE and outcome.reason == reason
 
 
+DIVERGED = [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("check, verdict", [
+    ('W4A4 "Config 2" > W4A4 "Config 1"', HOLDS),
+    ('W4A4 "Config 1" >= W4A4 "Config 2"', FAILS),
+    ('W4A4 "Config 1" < W4A4 "Config 2"', HOLDS),
+])
+def test_a_cell_that_diverged_in_every_run_ranks_below_one_that_finished_every_run(check, verdict):
+    records = seeds(4, "better", WIDE) + seeds(4, "plain", DIVERGED, status="diverged")
+    claim_verdict, (outcome,) = verdicts(check, records)
+    assert claim_verdict == outcome.verdict == verdict
+    assert outcome.reason.startswith(
+        'W4A4 "Config 1" diverged in every run (3), W4A4 "Config 2" finished in every seed (3)')
+
+
+@pytest.mark.parametrize("check, records", [
+    # one diverged run of two: the cell is not "did not train"
+    ('W4A4 "Config 2" > W4A4 "Config 1"', seeds(4, "better", WIDE) + seeds(4, "plain", [85.0])
+     + [record(4, 0.0, seed=5, method="plain", status="diverged")]),
+    # one seed of the finished cell, or one run of the diverged one: too few
+    ('W4A4 "Config 2" > W4A4 "Config 1"', seeds(4, "better", [90.0]) + seeds(4, "plain", DIVERGED, status="diverged")),
+    ('W4A4 "Config 2" > W4A4 "Config 1"', seeds(4, "better", WIDE) + seeds(4, "plain", [0.0], status="diverged")),
+    # both diverged; against FP; a gap over more cells; a spread
+    ('W4A4 "Config 2" > W4A4 "Config 1"', seeds(4, "better", DIVERGED, status="diverged")
+     + seeds(4, "plain", DIVERGED, status="diverged")),
+    ('W4A4 "Config 1" >= FP - 1', seeds(4, "plain", DIVERGED, status="diverged")),
+    ('W2A2 "Config 2" - W2A2 "Config 1" > W4A4 "Config 2" - W4A4 "Config 1"',
+     seeds(2, "better", WIDE) + seeds(2, "plain", DIVERGED, status="diverged")
+     + seeds(4, "better", WIDE) + seeds(4, "plain", TIGHT_LOW)),
+    ('spread(W4A4 "Config 2") < spread(W4A4 "Config 1")',
+     seeds(4, "better", WIDE) + seeds(4, "plain", DIVERGED, status="diverged")),
+])
+def test_divergence_decides_nothing_else(check, records):
+    verdict, outcomes = verdicts(check, records)
+    assert verdict == INCONCLUSIVE and all(o.verdict == INCONCLUSIVE for o in outcomes)
+    assert "diverged" in outcomes[0].reason or "1 seed" in outcomes[0].reason
+
+
 def test_a_chain_holds_only_if_every_link_holds_and_fails_if_one_fails():
     check = 'W4A4: "Config 3" >= "Config 2" >= "Config 1"'
     best = seeds(4, "best", [95.0, 95.2, 95.1])

@@ -14,7 +14,10 @@ printed on every page that shows verdicts):
   are tested alike. ``abs(E)`` takes the interval of E folded at 0.
 - ``spread(a) < spread(b)`` is the two-sided F test of the seeds' variances at 95%.
 - A cell not run, with a diverged run, or with fewer than 2 seeds (a record field: fewer than 2
-  runs holding it) makes its comparisons inconclusive, and the verdict says which cell and why.
+  runs holding it) makes its comparisons inconclusive, and the verdict says which cell and why;
+  except one cell against another (``A > B``, top-1) where one diverged in every run (2 or more)
+  and the other finished every run (2 or more seeds): a network that does not train ranks below
+  one that does, so the finished cell is the larger (:func:`_trained_against_diverged`).
 - A claim holds if every comparison holds, fails if any fails, else is inconclusive.
 """
 from __future__ import annotations
@@ -41,8 +44,10 @@ RULE = ("each comparison is decided on the seeds' values at 95%, two-sided. Mean
         "compared); abs() folds that interval at 0. spread() by the F test of the seeds' variances. "
         "Significant in the claimed direction: holds; significant the other way: fails; otherwise "
         "inconclusive (difference inside the seeds' spread), as is a comparison naming a cell not run, "
-        "diverged, or with fewer than 2 seeds. > and >= are tested alike. A claim holds if all its "
-        "comparisons hold, fails if any fails, else is inconclusive.")
+        "diverged, or with fewer than 2 seeds; but where one cell diverged in every run (2 or more) and the "
+        "cell it is compared with finished every run (2 or more seeds), the finished cell ranks above it. "
+        "> and >= are tested alike. A claim holds if all its comparisons hold, fails if any fails, else is "
+        "inconclusive.")
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,36 @@ def _problem(name: str, cell: Cell | None, field: str | None) -> str | None:
         return f"{name}: no run records {field}" if ran else f"{name} not run"
     if len(values) < 2:
         return f"{name} has 1 seed (a test needs 2)"
+    return None
+
+
+def _all_diverged(cell: Cell | None) -> bool:
+    return cell is not None and len(cell.statuses) >= 2 and all(s == "diverged" for s in cell.statuses)
+
+
+def _all_finished(cell: Cell | None) -> bool:
+    return cell is not None and "diverged" not in cell.statuses and len(cell.values) >= 2
+
+
+def _trained_against_diverged(comparison: Comparison, cells: dict, names: dict[CellKey, str]) -> Outcome | None:
+    """The verdict of ``A op B`` (top-1 of two cells, nothing else) where one cell diverged in every
+    run and the other finished every run, each 2 or more: the finished one is the larger, so the
+    difference left − right is taken as positive or negative; None for any other comparison."""
+    test = comparison.test
+    if not isinstance(test, LinearTest) or test.folded is not None or test.difference.constant != 0.0:
+        return None
+    terms = test.difference.terms
+    if FP_TERM in terms or len(terms) != 2 or sorted(terms.values()) != [-1.0, 1.0] or any(key[2] for key in terms):
+        return None
+    left, right = (next(key for key, a in terms.items() if a == sign) for sign in (1.0, -1.0))
+    for finished, diverged, sign in ((left, right, 1.0), (right, left, -1.0)):
+        if _all_finished(cells.get(finished[:2])) and _all_diverged(cells.get(diverged[:2])):
+            verdict = _decide(comparison.op, sign, sign)
+            runs = len(cells[diverged[:2]].statuses)
+            reason = (f"{names[diverged]} diverged in every run ({runs}), {names[finished]} finished in every "
+                      f"seed ({len(cells[finished[:2]].values)}): a network that does not train ranks below one "
+                      f"that does ({MEANING[verdict]})")
+            return Outcome(verdict, "", reason)
     return None
 
 
@@ -195,6 +230,9 @@ def judge(comparison: Comparison, cells: dict, spread_kind: str) -> Outcome:
         numbers.append(f"FP {fp:.2f}" if fp is not None else f"FP {MISSING}")
     problems = [p for key, name in names.items() if (p := _problem(name, cells.get(key[:2]), key[2]))]
     if problems:
+        decided = _trained_against_diverged(comparison, cells, names)
+        if decided is not None:
+            return Outcome(decided.verdict, "; ".join(numbers), decided.reason)
         return Outcome(INCONCLUSIVE, "; ".join(numbers), "; ".join(problems))
     samples = {key: Sample.of(_values(cells.get(key[:2]), key[2])) for key in names}
     if isinstance(comparison.test, SpreadTest):
