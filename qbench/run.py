@@ -13,6 +13,7 @@ import torch
 from filelock import FileLock
 
 from qbench import phases
+from qbench.allocator import keep_freed_memory
 from qbench.baseline import get_baseline
 from qbench.checkpoint import CheckpointError, checkpoint_git, checkpoint_meta, load_model_state
 from qbench.data import run_data
@@ -79,8 +80,9 @@ def say(message: str) -> None:
 
 def settings_of(cfg: dict) -> TrainSettings:
     """Apply ``runtime.*`` and the recipe's ``cpu_threads`` to this process (quantizer kernels,
-    the native LSQ op, torch threads); the trainer's settings."""
+    the native LSQ op, the allocator, torch threads); the trainer's settings."""
     rt = cfg["runtime"]
+    keep_freed_memory(rt.get("keep_freed_memory", False))  # absent from configs stored before the field: off
     compile_kernels(rt["compile_quantizers"])
     native_kernels = rt.get("native_kernels", False)  # absent from configs stored before the field: off
     if native_kernels:

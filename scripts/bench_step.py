@@ -8,6 +8,7 @@
     python scripts/bench_step.py --split --methods lsq --out results/bench-split.md  # + weights-only, inputs-only rows
     python scripts/bench_step.py --native --methods lsq lsqplus --out results/bench-native.md  # + runtime.native_kernels rows
     python scripts/bench_step.py --native --models resnet18 --methods lsq apot --out results/bench-native-apot.md
+    python scripts/bench_step.py --glibc-malloc                   # glibc malloc as it comes
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -42,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qbench.allocator import keep_freed_memory
 from qbench.methods import METHODS, create_method
 from qbench.models import MODELS, ModelSpec, create_model, model_spec
 from qbench.phases import prepare
@@ -101,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", action="store_true",
                         help="beside each method, rows METHOD:weights and METHOD:inputs, the method with only its "
                              "weight / only its input quantizers, timed in the same process")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="leave glibc's malloc as it is instead of runtime.keep_freed_memory's setting")
     parser.add_argument("--native", action="store_true",
                         help="beside each method, a row METHOD+native: LSQ / LSQ+ and APoT quantizers as C++ ops "
                              "(runtime.native_kernels), timed in the same process")
@@ -275,7 +279,7 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> fl
            "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
-    cmd += ["--compile-model"] * args.compile_model
+    cmd += ["--compile-model"] * args.compile_model + ["--glibc-malloc"] * args.glibc_malloc
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
 
@@ -316,7 +320,9 @@ def kernels_note(args: argparse.Namespace) -> str:
              "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""
     split = ("; rows METHOD:weights / METHOD:inputs: only the weights / only the layer inputs quantized"
              if args.split else "")
-    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{native}{fused}{split}"
+    allocator = ("glibc's malloc as configured by default" if args.glibc_malloc
+                 else "freed memory kept for reuse (runtime.keep_freed_memory)")
+    return f"quantizer kernels {'eager' if args.eager else 'compiled'}{native}{fused}{split}; {allocator}"
 
 
 def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
@@ -346,6 +352,7 @@ def main() -> None:
     """Run the sweep (or, with ``--memory-only``, one memory child) and print the table."""
     args = parse_args()
     compile_kernels(not args.eager and not args.compile_model)
+    keep_freed_memory(not args.glibc_malloc)
     if args.memory_only:
         memory_only(args)
         return
