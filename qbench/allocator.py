@@ -5,9 +5,9 @@ never exceeds 32 MiB) with fresh pages from ``mmap`` and unmaps it on ``free``, 
 tensor pays one page fault per 4 KiB page, every time it is allocated. A batch of 512 through
 MobileNetV2 allocates activations of up to 38 MiB at every layer, and a quantized network one more
 per quantized input. With mmap switched off and trimming pushed to 2 GiB, freed blocks stay in the
-heap and the next tensor reuses them: measured here (MobileNetV2, 2 threads, batch 512) FP
-evaluation 91-98 -> 61-68 ms and LSQ W4A4 with the native op 125 -> 75-81 ms, the training step at
-batch 128 up to 10 % faster. The resident set stays at its peak instead of shrinking between
+heap and the next tensor reuses them: measured here (2 threads, a batch of 512) MobileNetV2's
+evaluation FP / LSQ W4A4 with the native op 104 / 152 -> 91 / 107 ms, EfficientNet-B0's
+172 / 210 -> 144 / 177 ms (README); training steps at batch 128 within noise. The resident set stays at its peak instead of shrinking between
 batches. The numbers a run computes do not change: tensors keep their 64-byte alignment and no
 kernel depends on where its memory lies.
 """
