@@ -125,7 +125,9 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
                 model = model.to(memory_format=torch.channels_last)
             trains = not cfg["dataset"]["pretrained_fp"] and not cfg["model"]["weights"]
             published = published_baseline(cfg, name, key) if trains else None
+            source = fp_source(cfg)
             if published is not None:
+                source = f"published:{Path(cfg['paths']['published_baselines']) / published.name}"
                 shutil.copyfile(published, weights_path)
                 model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True), strict=True)
             elif trains:
@@ -140,7 +142,7 @@ def get_baseline(cfg: dict, data: Data, settings: TrainSettings, writer_factory=
                 save_atomic(model.state_dict(), weights_path)
             info = {"key": key, "config": identity, "metrics": metrics, "torch_threads": torch.get_num_threads(),
                     "cpu_kernels": cpu_kernels(), "git": git_state(), "weights_sha256": file_sha256(weights_path),
-                    "source": f"published:{published}" if published is not None else fp_source(cfg)}
+                    "source": source}
             tmp = info_path.with_name(info_path.name + ".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             os.replace(tmp, info_path)
