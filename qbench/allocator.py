@@ -7,9 +7,9 @@ MobileNetV2 allocates activations of up to 38 MiB at every layer, and a quantize
 per quantized input. With mmap switched off and trimming pushed to 2 GiB, freed blocks stay in the
 heap and the next tensor reuses them: measured here (2 threads, a batch of 512) MobileNetV2's
 evaluation FP / LSQ W4A4 with the native op 104 / 152 -> 91 / 107 ms, EfficientNet-B0's
-172 / 210 -> 144 / 177 ms (README); training steps at batch 128 within noise. The resident set stays at its peak instead of shrinking between
-batches. The numbers a run computes do not change: tensors keep their 64-byte alignment and no
-kernel depends on where its memory lies.
+172 / 210 -> 144 / 177 ms (README); training steps at batch 128 within noise. The resident set
+stays at its peak instead of shrinking between batches. The numbers a run computes do not
+change: tensors keep their 64-byte alignment and no kernel depends on where its memory lies.
 """
 from __future__ import annotations
 

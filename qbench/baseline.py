@@ -12,7 +12,9 @@ Published baselines: a baseline trained once and committed under ``paths.publish
 the rounding, and a short recipe amplifies it into points of top-1 (MixNet-S's key 023cc96d1d47
 gave 83.75 / 86.31 / 90.00 % on three machines), so a table's cells share one baseline only if
 they share the weights, not just the recipe. Its accuracy is measured again here; the record
-says ``fp.source: published:<path>``; ``paths.published_baselines=null`` trains instead.
+says ``fp.source: published:<path>``; ``paths.published_baselines=null`` trains instead. Only a
+cache miss looks for it: a baseline already cached under the runs folder stays in use (the
+records' ``weights_sha256`` tells them apart; delete the cached one to take the published one).
 """
 from __future__ import annotations
 

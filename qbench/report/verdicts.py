@@ -91,10 +91,11 @@ def _all_finished(cell: Cell | None) -> bool:
     return cell is not None and "diverged" not in cell.statuses and len(cell.values) >= 2
 
 
-def _trained_against_diverged(comparison: Comparison, cells: dict, names: dict[CellKey, str]) -> Outcome | None:
-    """The verdict of ``A op B`` (top-1 of two cells, nothing else) where one cell diverged in every
-    run and the other finished every run, each 2 or more: the finished one is the larger, so the
-    difference left − right is taken as positive or negative; None for any other comparison."""
+def _trained_against_diverged(comparison: Comparison, cells: dict,
+                              names: dict[CellKey, str]) -> tuple[str, str] | None:
+    """(verdict, reason) of ``A op B`` (top-1 of two cells, nothing else) where one cell diverged in
+    every run and the other finished every run, each 2 or more: the finished one is the larger, so
+    the difference left − right is taken as positive or negative; None for any other comparison."""
     test = comparison.test
     if not isinstance(test, LinearTest) or test.folded is not None or test.difference.constant != 0.0:
         return None
@@ -109,7 +110,7 @@ def _trained_against_diverged(comparison: Comparison, cells: dict, names: dict[C
             reason = (f"{names[diverged]} diverged in every run ({runs}), {names[finished]} finished in every "
                       f"seed ({len(cells[finished[:2]].values)}): a network that does not train ranks below one "
                       f"that does ({MEANING[verdict]})")
-            return Outcome(verdict, "", reason)
+            return verdict, reason
     return None
 
 
@@ -230,10 +231,8 @@ def judge(comparison: Comparison, cells: dict, spread_kind: str) -> Outcome:
         numbers.append(f"FP {fp:.2f}" if fp is not None else f"FP {MISSING}")
     problems = [p for key, name in names.items() if (p := _problem(name, cells.get(key[:2]), key[2]))]
     if problems:
-        decided = _trained_against_diverged(comparison, cells, names)
-        if decided is not None:
-            return Outcome(decided.verdict, "; ".join(numbers), decided.reason)
-        return Outcome(INCONCLUSIVE, "; ".join(numbers), "; ".join(problems))
+        verdict, reason = _trained_against_diverged(comparison, cells, names) or (INCONCLUSIVE, "; ".join(problems))
+        return Outcome(verdict, "; ".join(numbers), reason)
     samples = {key: Sample.of(_values(cells.get(key[:2]), key[2])) for key in names}
     if isinstance(comparison.test, SpreadTest):
         verdict, reason = _judge_spreads(comparison, samples)
