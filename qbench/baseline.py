@@ -6,9 +6,10 @@ A file lock makes parallel sweep jobs wait for one training instead of starting 
 interrupted training resumes from its epoch checkpoint. ImageNet: the library's pretrained
 weights, or ``model.weights=PATH``; their accuracy is measured once and cached the same way.
 
-Published baselines: a baseline trained once and committed under ``paths.published_baselines``
+Published baselines: a baseline trained once and put under ``paths.published_baselines``
 (``results/baselines/<model>-<dataset>-<key>.pt`` with its ``baseline.json`` as ``.json``, by
-``scripts/publish_baseline.py``) is used instead of training the same key. A CPU's kernels decide
+``scripts/publish_baseline.py``; the ``.json`` is committed, the weights are not) is used instead
+of training the same key where its ``.pt`` is present. A CPU's kernels decide
 the rounding, and a short recipe amplifies it into points of top-1 (MixNet-S's key 023cc96d1d47
 gave 83.75 / 86.31 / 90.00 % on three machines), so a table's cells share one baseline only if
 they share the weights, not just the recipe. Its accuracy is measured again here; the record

@@ -1,7 +1,8 @@
 """Publish a trained FP baseline so that every run of its key, on any machine, starts from the
 same weights: copy its weights to ``results/baselines/<model>-<dataset>-<key>.pt`` with its
 ``baseline.json`` beside them as ``.json``. Runs whose baseline key has a published file use it
-instead of training (``paths.published_baselines``; qbench/baseline.py).
+instead of training (``paths.published_baselines``; qbench/baseline.py). Commit the ``.json``
+(which weights a table used); the ``.pt`` is git-ignored and travels by other means.
 
     python scripts/publish_baseline.py runs/baselines/mixnet_s-fashion_mnist-023cc96d1d47
 
