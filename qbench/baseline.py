@@ -35,10 +35,8 @@ from qbench.data import Data
 from qbench.engine import TrainSettings, evaluate, train
 from qbench.identity import baseline_config, config_hash, file_sha256
 from qbench.models import create_model, load_weights, pretrained_name
-from qbench.provenance import cpu_kernels, git_state
+from qbench.provenance import CHECKOUT, cpu_kernels, git_state
 from qbench.validate import ConfigError
-
-CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "qbench")
+CHECKOUT = Path(__file__).resolve().parents[1]  # the qbench source tree
 
 
 def versions() -> dict[str, str]:
@@ -49,7 +50,7 @@ def git_state(repo: Path | None = None) -> dict[str, object]:
 
     Read once per process: a sweep's later jobs run the code the process loaded, whatever the
     checkout holds by then."""
-    repo = repo or Path(__file__).resolve().parents[1]
+    repo = repo or CHECKOUT
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                                 text=True, check=True).stdout.strip()
