@@ -107,7 +107,8 @@ def run(cfg: dict) -> dict:
     run's identity is computed from that, so two spellings of one experiment are one run.
 
     ``dry_run``: print the cell's state (:mod:`qbench.sweep`) and return it; nothing runs and
-    nothing is written. A cell whose record already says ``ok`` is reported and skipped unless
+    nothing is written. A cell whose record already says ``ok`` or ``diverged`` (a NaN loss is the
+    cell's result too: the same code and baseline diverge again) is reported and skipped unless
     ``force`` is set; an interrupted one resumes from its checkpoint in
     ``<runs_dir>/runs/<run id>/``. An unreadable record is reported and the cell runs again; an
     unusable checkpoint is set aside (``checkpoint.pt.corrupt``) and the cell starts over. A
@@ -125,7 +126,7 @@ def run(cfg: dict) -> dict:
     if cfg["dry_run"]:
         say(dry_run_line(cell))
         return {"run_id": cell.run_id, "status": "dry_run"}
-    if not cfg["force"] and cell_state(cell)[0] == "done":
+    if not cfg["force"] and cell_state(cell)[0] in ("done", "diverged"):
         return run_cell(cell, cfg)  # reports the record; a finished cell needs no lock file
     with cell_lock(cell):
         return run_cell(cell, cfg)
@@ -146,9 +147,11 @@ def run_cell(cell: Cell, cfg: dict) -> dict:
     previous, problem = previous_record(cell)
     if problem:
         say(f"{problem}; running the cell again")
-    if previous is not None and previous["status"] == "ok" and not cfg["force"]:
-        say(f"run {cell.run_id} is already done: top-1 {previous['metrics']['top1']:.2f} "
-            f"(FP {previous['fp']['top1']:.2f}); record {cell.record_path} (force=true reruns it)")
+    finished = previous is not None and previous["status"] in ("ok", "diverged")
+    if finished and not cfg["force"]:
+        outcome = (f"is already done: top-1 {previous['metrics']['top1']:.2f} (FP {previous['fp']['top1']:.2f})"
+                   if previous["status"] == "ok" else f"already diverged: {previous.get('reason')}")
+        say(f"run {cell.run_id} {outcome}; record {cell.record_path} (force=true reruns it)")
         return previous
     wider = wider_cell(cell)
     if wider is not None:
@@ -157,7 +160,7 @@ def run_cell(cell: Cell, cfg: dict) -> dict:
         if before["status"] != "ok":
             return failed(cell, f"it starts from run {before['run_id']}, which ended {before['status']}", 0)
     crashes = 0
-    forced = previous is not None and previous["status"] == "ok"  # and force=true, else returned above
+    forced = finished  # and force=true, else returned above
     while True:
         try:
             return execute(cell, attempt=crashes + 1, start_over=forced and crashes == 0)

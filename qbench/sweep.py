@@ -1,9 +1,11 @@
 """The cells of a sweep: their identity, where their files live, their state on disk, and the
 check of every cell before a multirun starts (:func:`check_sweep`).
 
-States, as ``dry_run=true`` lists them: ``done`` (a record says ok: skipped), ``partial`` (a
-checkpoint exists: the run resumes from it), ``failed`` / ``diverged`` (a record says so: the
-cell runs again), ``corrupt`` (the record cannot be read: the cell runs again), ``new``.
+States, as ``dry_run=true`` lists them: ``done`` (a record says ok: skipped), ``diverged`` (a
+record says the loss became NaN: a result of the cell, skipped like ``done``), ``partial`` (a
+checkpoint exists: the run resumes from it), ``failed`` (a record says it crashed: the cell runs
+again), ``corrupt`` (the record cannot be read: the cell runs again), ``new``. ``force=true``
+runs a done or diverged cell again from the start.
 """
 from __future__ import annotations
 
@@ -166,7 +168,7 @@ def dry_run_line(cell: Cell) -> str:
     run it starts from, which runs first), and for an ImageNet cell its estimated GPU-hours
     (:mod:`qbench.cost`)."""
     state, detail = cell_state(cell)
-    before = wider_cell(cell) if state != "done" else None
+    before = wider_cell(cell) if state not in ("done", "diverged") else None
     if before is not None:
         before_state = cell_state(before)[0]
         if before_state != "done":

@@ -22,7 +22,8 @@ the compiler's memory is not counted.
 With ``--fuse-batch-norm`` each method also gets a row ``METHOD+fused`` (``runtime.fuse_batch_norm``);
 with ``--split``, rows ``METHOD:weights`` and ``METHOD:inputs``: where the method's time goes;
 with ``--native``, a row ``METHOD+native`` whose LSQ / LSQ+ and APoT quantizers run the C++ ops
-(``runtime.native_kernels``), switched on for that row's steps only.
+(``runtime.native_kernels``), switched on for that row's steps only; with both, also a row
+``METHOD+fused+native``.
 If Brevitas is importable, its learned-scale W4A4 layers are timed beside ours.
 """
 from __future__ import annotations
@@ -357,7 +358,8 @@ def main() -> None:
         memory_only(args)
         return
     start = time.perf_counter()
-    suffixes = [""] + [NATIVE] * args.native + [FUSED] * args.fuse_batch_norm + list(LEFT_FLOAT) * args.split
+    suffixes = ([""] + [NATIVE] * args.native + [FUSED] * args.fuse_batch_norm
+                + [FUSED + NATIVE] * (args.native and args.fuse_batch_norm) + list(LEFT_FLOAT) * args.split)
     methods = [f"{m}{suffix}" for m in args.methods for suffix in suffixes]
     if find_spec(BREVITAS) is not None:
         methods.append(BREVITAS)

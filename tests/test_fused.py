@@ -12,6 +12,7 @@ from torch import nn
 from qbench.methods import create_method
 from qbench.models import create_model, model_spec
 from qbench.phases import prepare
+from qbench.quant import native
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.fused import BatchNormActQuant, FusedBatchNormAct2d, fuse_activation_quantizers
 from qbench.quant.layers import QuantConv2d
@@ -97,7 +98,7 @@ SITES = {"mobilenet_v2": 34, "efficientnet_b0": 18, "mixnet_s": 2, "resnet18": 0
 
 
 @pytest.mark.parametrize("name", sorted(SITES))
-def test_fusing_a_network_keeps_its_state_loss_and_evaluation(name):
+def test_fusing_a_network_keeps_its_state_loss_and_evaluation(name, monkeypatch):
     x = torch.randn(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (16,))
     model = quantized(name, "lsqplus", x)
@@ -117,7 +118,18 @@ def test_fusing_a_network_keeps_its_state_loss_and_evaluation(name):
     model.eval()
     fused.eval()
     with torch.no_grad():
-        assert torch.equal(fused(x), model(x))  # evaluation runs the unfused modules: bit for bit
+        expected = model(x)
+        assert torch.equal(fused(x), expected)  # evaluation computes what the unfused modules do: bit for bit
+        in_place = native.learned_step_fake_quant_
+        calls = []
+        monkeypatch.setattr(native, "learned_step_fake_quant_", lambda *args: calls.append(args) or in_place(*args))
+        native.use_native_kernels(True)  # the sites quantize in place, the rest as before
+        try:
+            assert torch.equal(fused(x), expected)
+            assert len(calls) == SITES[name]
+            assert torch.equal(model(x), expected)
+        finally:
+            native.use_native_kernels(False)
 
 
 def test_a_quantizer_it_cannot_fuse_runs_unfused_bit_for_bit():

@@ -60,6 +60,31 @@ def test_forward_and_grad_v_are_the_eager_formula_bit_for_bit(shape, scale, qmin
         assert torch.equal(x.grad, grad_v)
 
 
+IN_PLACE = {"identity": lambda v: v, "relu": torch.relu, "relu6": F.relu6}
+
+
+@pytest.mark.parametrize("shape,scale", CASES)
+@pytest.mark.parametrize("qmin,qmax,offset", GRIDS)
+@pytest.mark.parametrize("activation", sorted(IN_PLACE))
+def test_the_in_place_forward_is_the_activation_then_the_eager_formula_bit_for_bit(shape, scale, qmin, qmax,
+                                                                                    offset, activation):
+    step = torch.tensor(0.25)
+    beta = None if offset is None else torch.tensor(offset)
+    for v in layouts(shape, scale * 4):  # values beyond ReLU6's 6 too
+        expected = fake_quantize(IN_PLACE[activation](v), step, beta, qmin, qmax)
+        written = v.clone()
+        address = written.data_ptr()
+        out = native.learned_step_fake_quant_(written, step, beta, qmin, qmax, activation)
+        assert out.data_ptr() == address and written.stride() == v.stride()
+        assert torch.equal(written.nan_to_num(123.0), expected.nan_to_num(123.0))
+
+
+def test_the_in_place_forward_refuses_a_tensor_that_needs_its_gradient():
+    v = torch.randn(10, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        native.learned_step_fake_quant_(v.clone(), torch.tensor(0.1), None, 0, 3)
+
+
 @pytest.mark.parametrize("shape,scale", CASES)
 @pytest.mark.parametrize("qmin,qmax,offset", GRIDS)
 def test_step_and_offset_gradients_match_a_float64_reference(shape, scale, qmin, qmax, offset):

@@ -254,6 +254,22 @@ def test_a_wider_run_whose_checkpoint_is_gone_is_one_line(make_config):
         run(make_config(*APOT_CHAIN, "bits=2"))
 
 
+def test_a_diverged_cell_is_a_result_skipped_until_forced(make_config, capsys):
+    cfg = make_config("method=lsq")
+    first = run(cfg)
+    path = Path(cfg["paths"]["records_dir"]) / f"{first['run_id']}.json"
+    diverged = {**first, "status": "diverged", "metrics": None, "reason": "loss became nan in epoch 1"}
+    path.write_text(json.dumps(diverged))
+    capsys.readouterr()
+    again = run(cfg)
+    assert again["status"] == "diverged" and again["created"] == first["created"]
+    assert "already diverged: loss became nan in epoch 1" in capsys.readouterr().out
+    run(make_config("method=lsq", "dry_run=true"))
+    assert f"{first['run_id']} diverged" in capsys.readouterr().out
+    forced = run(make_config("method=lsq", "force=true"))
+    assert forced["status"] == "ok" and forced["metrics"] == first["metrics"]
+
+
 def test_a_finished_cell_is_skipped_without_a_lock_file(make_config):
     cfg = make_config("method=lsq")
     first = run(cfg)

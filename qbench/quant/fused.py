@@ -19,9 +19,12 @@ an activation module called nowhere else, to one quantized conv and nothing else
 becomes a :class:`FusedBatchNormAct2d` holding the same parameters and buffers (state-dict keys
 unchanged), the separate activation module an ``nn.Identity``, and the conv takes its input as
 already quantized. Without gradients (evaluation), and for any quantizer but LSQ / LSQ+ with a
-zero or learned offset, the module runs the unfused modules one after the other, so evaluated
-accuracy is bit for bit that of the unfused network. A ReLU module that a block calls twice
-(torchvision's ResNet ``BasicBlock``) is not a site: removing it would change the other call.
+zero or learned offset, the module computes what the unfused modules compute one after the
+other, so evaluated accuracy is bit for bit that of the unfused network; with the native ops
+(``runtime.native_kernels``) an evaluation quantizes the batch norm's output in place, a ReLU or
+ReLU6 in the same pass, since the quantizer is its one reader (:meth:`FusedBatchNormAct2d._evaluate`).
+A ReLU module that a block calls twice (torchvision's ResNet ``BasicBlock``) is not a site:
+removing it would change the other call.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import fx, nn
 
+from qbench.quant import native
 from qbench.quant.base import Quantizer
 from qbench.quant.kernels import kernel
 from qbench.quant.layers import QuantConv2d, QuantLinear
@@ -173,10 +177,31 @@ class FusedBatchNormAct2d(nn.BatchNorm2d):
                 and isinstance(quantizer, LearnedStepQuantizer) and quantizer.offset_mode != "xmin"
                 and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
 
+    def _in_place(self, y: torch.Tensor, quantizer: nn.Module) -> bool:
+        return (not (torch.is_grad_enabled() and y.requires_grad) and native.applies(y)
+                and (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last))
+                and isinstance(quantizer, LearnedStepQuantizer)
+                and not (quantizer.offset_mode == "xmin" and quantizer.training)
+                and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
+
+    def _evaluate(self, x: torch.Tensor, quantizer: nn.Module) -> torch.Tensor:
+        """Batch norm, ``act`` and the quantizer as the unfused modules compute them; with the native
+        ops and no gradient, the quantizer (and a ReLU or ReLU6) writes over the batch norm's output,
+        which nothing else reads: the same numbers without one new tensor and pass per site."""
+        y = super().forward(x)
+        if not self._in_place(y, quantizer):
+            return quantizer(self.act(y))
+        if self.activation not in native.IN_PLACE_ACTIVATIONS:
+            y = self.act(y)
+            activation = "identity"
+        else:
+            activation = self.activation
+        return native.learned_step_fake_quant_(y, quantizer.step, quantizer.offset, *quantizer.qrange, activation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         quantizer = self.consumer.input_quantizer
         if not self._fusable(x, quantizer):
-            return quantizer(self.act(super().forward(x)))
+            return self._evaluate(x, quantizer)
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training:
             self.num_batches_tracked.add_(1)

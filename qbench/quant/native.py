@@ -7,7 +7,8 @@ MobileNetV2 makes ~100 such calls a step. Each op computes a quantizer's forward
 one C++ autograd Function, vectorised by the C++ compiler (sources in ``csrc/``):
 
 - ``learned_step.cpp``: :class:`qbench.quant.lsq.LearnedStepFakeQuant` (LSQ, LSQ+), the step floor
-  with its straight-through gradient inside;
+  with its straight-through gradient inside; and its forward alone, in place after a ReLU or ReLU6
+  (evaluation of a fused batch norm, :mod:`qbench.quant.fused`);
 - ``rcf.cpp``: :class:`qbench.quant.apot.RCFQuantize` (APoT, PoT and uniform levels with the
   reparameterised clipping function), weight normalisation and its gradient inside, the nearest
   level by a chain of selects (up to 64 levels) or a binary search.
@@ -85,6 +86,18 @@ def learned_step_fake_quant(v: torch.Tensor, step: torch.Tensor, offset: torch.T
     """v̂ = max(s, 1e-8)·⌊clamp((v − β)/s, n, p)⌉ + β with the LSQ / LSQ+ gradients, ∂L/∂s and ∂L/∂β
     times ``grad_scale`` (the floor passes the gradient straight to s)."""
     return load().learned_step_fake_quant(v, step, offset, qmin, qmax, grad_scale)
+
+
+IN_PLACE_ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2}  # learned_step_fake_quant_'s act codes
+
+
+def learned_step_fake_quant_(v: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, qmin: int,
+                             qmax: int, activation: str = "identity") -> torch.Tensor:
+    """v ← max(s, 1e-8)·⌊clamp((act(v) − β)/s, n, p)⌉ + β, written over ``v`` (dense, no gradient):
+    the forward of :func:`learned_step_fake_quant` after ``activation`` (a key of
+    :data:`IN_PLACE_ACTIVATIONS`: ReLU and ReLU6 as PyTorch computes them), bit for bit, in one pass
+    and without a new tensor. Returns ``v``."""
+    return load().learned_step_fake_quant_(v, step, offset, qmin, qmax, IN_PLACE_ACTIVATIONS[activation])
 
 
 def rcf_quantize(v: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor, bounds: torch.Tensor, lo: float,

@@ -6,6 +6,9 @@
 //   ∂L/∂s = g·Σ ∂L/∂v̂·(⌊z⌉ − z inside, else ⌊clamp(z, n, p)⌉)      ∂L/∂β = g·Σ_{outside} ∂L/∂v̂
 // exactly as qbench.quant.lsq.fake_quantize / fake_quantize_grads compute them.
 //
+// learned_step_fake_quant_ is the forward alone, written over its input after an optional ReLU or ReLU6: the
+// evaluation of a batch norm's output that only the quantizer reads (qbench.quant.fused).
+//
 // One call per direction instead of Python, dispatcher and torch.compile guard overhead per tensor.
 // The forward is bit for bit the eager formula (IEEE division, multiplication, round half to even; no
 // contracted multiply-adds). The sums run in the fixed order of native.h.
@@ -35,6 +38,28 @@ void forward_block(const float* __restrict v, float* __restrict out, int64_t n, 
     const float z = (HasOffset ? v[i] - g.offset : v[i]) / g.step;
     const float q = round_half_even(clamp_keep_nan(z, g.lo, g.hi)) * g.step;
     out[i] = HasOffset ? q + g.offset : q;
+  }
+}
+
+// The activation an in-place forward applies first (qbench.quant.native.ACTIVATIONS): ReLU and ReLU6 as
+// PyTorch computes them, NaN kept.
+enum Activation : int64_t { kIdentity = 0, kRelu = 1, kRelu6 = 2 };
+
+template <int64_t Act>
+inline float activate(float y) {
+  if (Act == kRelu) return y < 0.0f ? 0.0f : y;
+  if (Act == kRelu6) return clamp_keep_nan(y, 0.0f, 6.0f);
+  return y;
+}
+
+// forward_block on act(v), written over v (no restrict: input and output are one array).
+template <bool HasOffset, int64_t Act>
+void forward_in_place_block(float* v, int64_t n, Grid g) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = activate<Act>(v[i]);
+    const float z = (HasOffset ? a - g.offset : a) / g.step;
+    const float q = round_half_even(clamp_keep_nan(z, g.lo, g.hi)) * g.step;
+    v[i] = HasOffset ? q + g.offset : q;
   }
 }
 
@@ -129,7 +154,37 @@ struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQu
   }
 };
 
+template <bool HasOffset>
+void fake_quantize_in_place(float* v, int64_t numel, Grid g, int64_t act) {
+  at::parallel_for(0, numel, kBlock, [&](int64_t begin, int64_t end) {
+    if (act == kRelu) {
+      forward_in_place_block<HasOffset, kRelu>(v + begin, end - begin, g);
+    } else if (act == kRelu6) {
+      forward_in_place_block<HasOffset, kRelu6>(v + begin, end - begin, g);
+    } else {
+      forward_in_place_block<HasOffset, kIdentity>(v + begin, end - begin, g);
+    }
+  });
+}
+
 }  // namespace
+
+at::Tensor learned_step_fake_quant_(at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
+                                    int64_t qmin, int64_t qmax, int64_t act) {
+  TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat && v.is_non_overlapping_and_dense(),
+              "learned_step_fake_quant_ takes a dense float32 CPU tensor");
+  TORCH_CHECK(!(at::GradMode::is_enabled() && v.requires_grad()), "learned_step_fake_quant_ has no gradient");
+  TORCH_CHECK(act == kIdentity || act == kRelu || act == kRelu6, "learned_step_fake_quant_: unknown activation ", act);
+  const at::Tensor beta = offset.has_value() ? *offset : at::Tensor();
+  const Grid g = grid_of(step, beta, qmin, qmax);
+  float* data = v.mutable_data_ptr<float>();
+  if (beta.defined()) {
+    fake_quantize_in_place<true>(data, v.numel(), g, act);
+  } else {
+    fake_quantize_in_place<false>(data, v.numel(), g, act);
+  }
+  return v;
+}
 
 at::Tensor learned_step_fake_quant(const at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
                                    int64_t qmin, int64_t qmax, double grad_scale) {

@@ -66,6 +66,9 @@ inline at::Tensor like(const at::Tensor& g, const at::Tensor& v) {
 at::Tensor learned_step_fake_quant(const at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
                                    int64_t qmin, int64_t qmax, double grad_scale);
 
+at::Tensor learned_step_fake_quant_(at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
+                                    int64_t qmin, int64_t qmax, int64_t act);
+
 at::Tensor rcf_quantize(const at::Tensor& v, const at::Tensor& alpha, const at::Tensor& levels,
                         const at::Tensor& bounds, double lo, double grad_outside, bool weight_norm);
 
