@@ -47,3 +47,25 @@ def keep_freed_memory(enabled: bool) -> bool:
     applied = all(mallopt(param, value) == 1 for param, value in settings.items())
     _kept = enabled and applied
     return applied
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def heap_in_use() -> int | None:
+    """Bytes that glibc's malloc has handed out and not had back (``mallinfo2``: chunks in use in its
+    arenas plus blocks it mapped on their own), or None without glibc >= 2.33. Unlike the resident
+    set, this does not count memory kept for reuse (:func:`keep_freed_memory`), code, or pages the
+    allocator has not returned to the system."""
+    if _mallopt() is None:
+        return None
+    libc = ctypes.CDLL("libc.so.6")
+    mallinfo2 = getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd

@@ -35,6 +35,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -44,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qbench.allocator import keep_freed_memory
+from qbench.allocator import heap_in_use, keep_freed_memory
 from qbench.methods import METHODS, create_method
 from qbench.models import MODELS, ModelSpec, create_model, model_spec
 from qbench.phases import prepare
@@ -64,8 +65,8 @@ LEFT_FLOAT = {":weights": "input_quantizer", ":inputs": "weight_quantizer"}  # s
 
 @dataclass(frozen=True)
 class Row:
-    """One model × method: median training-step and evaluation-batch times (ms) and peak RSS of
-    separate processes (MiB)."""
+    """One model × method: median training-step and evaluation-batch times (ms), and peak RSS and
+    peak heap in use of separate processes (MiB)."""
 
     model: str
     method: str
@@ -75,6 +76,8 @@ class Row:
     qat_eval_ms: float
     fp_mib: float
     qat_mib: float
+    fp_heap_mib: float
+    qat_heap_mib: float
 
 
 def qat_methods() -> list[str]:
@@ -262,27 +265,56 @@ def peak_rss_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status: peak RSS needs Linux")
 
 
+class HeapPeak:
+    """The largest :func:`~qbench.allocator.heap_in_use` that a thread sampling it every
+    ``interval`` seconds sees while the ``with`` block runs (torch's ops release the GIL, so it
+    samples inside them too): the memory the step's tensors hold, whatever the allocator keeps."""
+
+    def __init__(self, interval: float = 2e-4) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, heap_in_use() or 0)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> HeapPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def memory_only(args: argparse.Namespace) -> None:
     """Child mode: build one network, take one step (which compiles the quantizer kernels, or
-    loads them from the compile cache), then ``--memory-steps`` steps, and print the peak RSS of
-    those in MiB: the training step's memory, not the compiler's."""
+    loads them from the compile cache), then ``--memory-steps`` steps, and print the peak RSS and
+    the peak heap in use (:class:`HeapPeak`) of those in MiB: the training step's memory, not the
+    compiler's."""
     x, y = batch(args)
     models = build(args.models[0], [args.memory_only], args, x)
     alternate_steps(models, x, y, 0, 1)
     reset_peak_rss()
-    alternate_steps(models, x, y, 0, args.memory_steps)
-    print(f"{peak_rss_mib():.1f}")
+    with HeapPeak() as heap:
+        alternate_steps(models, x, y, 0, args.memory_steps)
+    print(f"{peak_rss_mib():.1f} {heap.peak / 2**20:.1f}")
 
 
-def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> float:
-    """Peak RSS (MiB) of a fresh process that builds and steps only ``model_name`` with ``method``."""
+def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> tuple[float, float]:
+    """Peak RSS and peak heap in use (MiB) of a fresh process that builds and steps only
+    ``model_name`` with ``method``."""
     cmd = [sys.executable, __file__, "--memory-only", method, "--models", model_name,
            "--bits", str(args.bits), "--batch", str(args.batch), "--size", str(args.size),
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
     cmd += ["--compile-model"] * args.compile_model + ["--glibc-malloc"] * args.glibc_malloc
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return float(out.split()[-1])
+    rss, heap = out.split()[-2:]
+    return float(rss), float(heap)
 
 
 def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -> list[Row]:
@@ -293,21 +325,26 @@ def bench_model(model_name: str, methods: list[str], args: argparse.Namespace) -
     eval_x = batch(argparse.Namespace(**{**vars(args), "batch": args.eval_batch}))[0]
     eval_ms = alternate_evaluations(models, eval_x, args.warmup, args.repeats // 2)
     fp_mib = child_peak_mib(model_name, FP, args)
-    return [Row(model_name, m, ms[FP], ms[m], eval_ms[FP], eval_ms[m], fp_mib, child_peak_mib(model_name, m, args))
-            for m in methods]
+    rows = []
+    for m in methods:
+        qat_mib = child_peak_mib(model_name, m, args)
+        rows.append(Row(model_name, m, ms[FP], ms[m], eval_ms[FP], eval_ms[m], fp_mib[0], qat_mib[0], fp_mib[1],
+                        qat_mib[1]))
+    return rows
 
 
 def table(rows: list[Row], bits: int) -> str:
     """The rows as a Markdown table: step times and their ratio, evaluation times and theirs, peak RSS
-    and its difference."""
+    and peak heap in use with their differences."""
     lines = ["| model | method | FP ms | QAT ms | ratio | eval FP ms | eval QAT ms | eval ratio "
-             "| peak RSS FP MiB | QAT MiB | Δ MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak RSS FP MiB | QAT MiB | Δ MiB | peak heap FP MiB | QAT MiB | Δ MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.model} | {r.method} W{bits}A{bits} | {r.fp_ms:.1f} | {r.qat_ms:.1f} | "
                      f"{r.qat_ms / r.fp_ms:.2f}x | {r.fp_eval_ms:.1f} | {r.qat_eval_ms:.1f} | "
                      f"{r.qat_eval_ms / r.fp_eval_ms:.2f}x | {r.fp_mib:.0f} | {r.qat_mib:.0f} | "
-                     f"{r.qat_mib - r.fp_mib:+.0f} |")
+                     f"{r.qat_mib - r.fp_mib:+.0f} | {r.fp_heap_mib:.0f} | {r.qat_heap_mib:.0f} | "
+                     f"{r.qat_heap_mib - r.fp_heap_mib:+.0f} |")
     return "\n".join(lines)
 
 
@@ -335,7 +372,9 @@ def setup_line(args: argparse.Namespace, brevitas_note: str) -> str:
             f"of the model's FP network (one FP column per model) and of each method's in turn; evaluation: "
             f"median of {args.repeats // 2} rounds of one batch of {args.eval_batch} without gradients; "
             f"peak RSS: one fresh process per cell, over {args.memory_steps} steps after one warm-up step "
-            f"(the peak reset after it, so that compiling is not counted). {brevitas_note}")
+            f"(the peak reset after it, so that compiling is not counted); peak heap: the most bytes glibc's malloc "
+            f"had handed out (mallinfo2) over the same steps, sampled every 0.2 ms, which counts the tensors and "
+            f"not what the allocator keeps for reuse. {brevitas_note}")
 
 
 def write_page(path: Path, body: str, args: argparse.Namespace, brevitas_note: str, wall_s: float) -> None:

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from qbench.allocator import _mallopt
+from qbench.allocator import _mallopt, heap_in_use
 from qbench.run import run
 from tests.conftest import compose_config
 
@@ -48,3 +49,13 @@ def test_a_run_computes_the_same_numbers_either_way(tmp_path):
                for keep in ("true", "false")]
     assert records[0]["fp"]["weights_sha256"] == records[1]["fp"]["weights_sha256"]
     assert records[0]["metrics"] == records[1]["metrics"]
+
+
+def test_heap_in_use_counts_a_tensor_while_it_lives_whatever_is_kept_for_reuse():
+    before = heap_in_use()
+    x = torch.empty(10_000_000)  # 40 MB
+    during = heap_in_use()
+    del x
+    after = heap_in_use()
+    assert during - before == pytest.approx(40e6, rel=0.01)
+    assert abs(after - before) < 1e6

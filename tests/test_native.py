@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qbench.quant import native
+from qbench.quant import layers, native
+from qbench.quant.layers import QuantConv2d, RecomputedWeightConv
 from qbench.quant.lsq import LearnedStepFakeQuant, LearnedStepQuantizer, fake_quantize, fake_quantize_grads
 from qbench.quant.observer import Observation
 
@@ -253,3 +254,54 @@ def test_without_a_compiler_the_run_stops_with_one_line_and_writes_nothing(tmp_p
     assert lines[0] == ("qbench: error: runtime.native_kernels=true: cannot build the native quantizer ops "
                         "(qbench/quant/csrc): Error building extension 'qbench_native'; set it to false")
     assert list(tmp_path.iterdir()) == []
+
+
+def quant_conv(groups: int, bias: bool, offset: str, stride: int) -> QuantConv2d:
+    """A 12→12 channel 3×3 quantized conv (channels_last weights), LSQ / LSQ+ weight and input
+    quantizers initialised on random data."""
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(12, 12, 3, stride=stride, padding=1, groups=groups, bias=bias)
+    conv = conv.to(memory_format=torch.channels_last)
+    weights = LearnedStepQuantizer(4, True, offset=offset)
+    weights.initialize(Observation.of(conv.weight.detach()))
+    inputs = LearnedStepQuantizer(4, False)
+    inputs.initialize(Observation.of(torch.rand(2, 12, 9, 9)))
+    return QuantConv2d(conv, weights, inputs)
+
+
+@pytest.mark.parametrize("groups", [1, 12])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("offset", ["zero", "learned"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_conv_recomputing_its_weight_gives_the_plain_paths_values_and_gradients_bit_for_bit(
+        groups, bias, offset, stride, monkeypatch):
+    x = torch.rand(4, 12, 9, 9).contiguous(memory_format=torch.channels_last)
+    grad_out = None
+    results = []
+    for recompute in (True, False):
+        if not recompute:
+            monkeypatch.setattr(layers, "recomputes_weight", lambda conv, quantizer: False)
+        layer = quant_conv(groups, bias, offset, stride)
+        inp = x.clone().requires_grad_(True)
+        out = layer(inp)
+        assert isinstance(out.grad_fn, RecomputedWeightConv._backward_cls) == recompute
+        grad_out = torch.randn_like(out) if grad_out is None else grad_out
+        out.backward(grad_out)
+        results.append([out, inp.grad] + [p.grad for p in layer.parameters()])
+    for got, expected in zip(*results):
+        assert torch.equal(got, expected)
+
+
+def test_a_conv_recomputing_its_weight_keeps_the_float_weight_not_the_quantized_one():
+    layer = quant_conv(1, True, "learned", 1)
+    x = torch.rand(4, 12, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(x)
+    weight_sized = [t for t in saved if t.numel() == layer.weight.numel()]
+    assert [t.untyped_storage().data_ptr() for t in weight_sized] == [layer.weight.untyped_storage().data_ptr()]

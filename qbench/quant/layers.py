@@ -10,14 +10,28 @@ quantizer's plain attributes changes, so evaluating a table cell quantizes each 
 
 The quantized weight keeps the float weight's strides (:func:`in_layout_of`): the memory format
 the conv runs in follows them.
+
+Training with the native ops (``runtime.native_kernels``): a conv whose weight quantizer is LSQ /
+LSQ+ (zero or learned offset) keeps its float weight for the backward instead of the quantized
+one (:class:`RecomputedWeightConv`). Autograd would keep ŵ = Q(w), the conv's weight operand,
+from forward to backward for every layer: a second copy of all conv weights for the whole step
+(ResNet18: 11 M floats, 45 MB), while w stays alive as the parameter anyway. Recomputed from w in
+the backward (one pass over the weight), at most one layer's ŵ and ∂L/∂ŵ exist at a time. The
+forward is ``conv2d(x̂, ŵ)``; the backward is ATen's ``convolution_backward`` with the arguments
+autograd gives it, then the quantizer's backward at w: every value and gradient bit for bit that
+of the plain path (tests/test_layers.py).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qbench.quant import native
 from qbench.quant.base import Quantizer
+from qbench.quant.lsq import LearnedStepQuantizer
 
 
 class QuantizedWeightCache:
@@ -107,6 +121,56 @@ def quantized_weight(layer: QuantConv2d | QuantLinear) -> torch.Tensor:
     return layer.weight_cache.quantize(layer.weight, quantizer)
 
 
+def _quantized(weight: torch.Tensor, step: torch.Tensor, offset: torch.Tensor | None, qmin: int,
+               qmax: int) -> torch.Tensor:
+    with torch.no_grad():
+        return in_layout_of(native.learned_step_fake_quant(weight, step, offset, qmin, qmax, 1.0), weight)
+
+
+class RecomputedWeightConv(torch.autograd.Function):
+    """conv2d(x̂, Q(w)) with Q(w) computed again in the backward (module docstring); Q is the LSQ /
+    LSQ+ quantizer of :func:`qbench.quant.native.learned_step_fake_quant`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, step: torch.Tensor,
+                offset: torch.Tensor | None, qmin: int, qmax: int, grad_scale: float, stride: tuple,
+                padding: tuple, dilation: tuple, groups: int) -> torch.Tensor:
+        out = F.conv2d(x, _quantized(weight, step, offset, qmin, qmax), bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, weight, step, offset)
+        ctx.settings = (qmin, qmax, grad_scale, stride, padding, dilation, groups,
+                        None if bias is None else list(bias.shape))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor):
+        x, weight, step, offset = ctx.saved_tensors
+        qmin, qmax, grad_scale, stride, padding, dilation, groups, bias_sizes = ctx.settings
+        mask = [ctx.needs_input_grad[0], True, bias_sizes is not None and ctx.needs_input_grad[2]]
+        grad_x, grad_w_hat, grad_bias = torch.ops.aten.convolution_backward(
+            grad_out, x, _quantized(weight, step, offset, qmin, qmax), bias_sizes, list(stride), list(padding),
+            list(dilation), False, [0] * len(stride), groups, mask)
+        grad_w, grad_step, grad_offset = native.learned_step_fake_quant_backward(weight, grad_w_hat, step, offset,
+                                                                                 qmin, qmax, grad_scale)
+        return (grad_x, grad_w, grad_bias, grad_step, grad_offset if ctx.needs_input_grad[4] else None,
+                None, None, None, None, None, None, None)
+
+
+def recomputes_weight(conv: nn.Conv2d, quantizer: nn.Module) -> bool:
+    """Whether ``conv`` (a quantized conv with weight quantizer ``quantizer``) runs
+    :class:`RecomputedWeightConv` in this call."""
+    return (torch.is_grad_enabled() and conv.weight.requires_grad and native.applies(conv.weight)
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and isinstance(quantizer, LearnedStepQuantizer) and quantizer.offset_mode != "xmin"
+            and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
+
+
+def conv_recomputing_weight(conv: nn.Conv2d, x: torch.Tensor, quantizer: LearnedStepQuantizer) -> torch.Tensor:
+    """``conv``'s output for its quantized input ``x`` through :class:`RecomputedWeightConv`."""
+    return RecomputedWeightConv.apply(x, conv.weight, conv.bias, quantizer.step, quantizer.offset, *quantizer.qrange,
+                                      quantizer.grad_scale(conv.weight), conv.stride, conv.padding, conv.dilation,
+                                      conv.groups)
+
+
 class QuantConv2d(nn.Conv2d):
     def __init__(self, conv: nn.Conv2d, weight_quantizer: Quantizer | None,
                  input_quantizer: Quantizer | None) -> None:
@@ -116,7 +180,11 @@ class QuantConv2d(nn.Conv2d):
         _take_over(self, conv, weight_quantizer, input_quantizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(quantized_input(self, x), quantized_weight(self), self.bias)
+        x = quantized_input(self, x)
+        if recomputes_weight(self, self.weight_quantizer):
+            self.weight_cache.clear()
+            return conv_recomputing_weight(self, x, self.weight_quantizer)
+        return self._conv_forward(x, quantized_weight(self), self.bias)
 
 
 class QuantLinear(nn.Linear):

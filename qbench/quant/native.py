@@ -88,6 +88,14 @@ def learned_step_fake_quant(v: torch.Tensor, step: torch.Tensor, offset: torch.T
     return load().learned_step_fake_quant(v, step, offset, qmin, qmax, grad_scale)
 
 
+def learned_step_fake_quant_backward(v: torch.Tensor, grad_out: torch.Tensor, step: torch.Tensor,
+                                     offset: torch.Tensor | None, qmin: int, qmax: int,
+                                     grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(∂L/∂v, ∂L/∂s, ∂L/∂β) of :func:`learned_step_fake_quant` at ``v`` for ∂L/∂v̂ = ``grad_out``:
+    what its backward returns, for a caller that keeps v instead of v̂ (:class:`qbench.quant.layers.RecomputedWeightConv`)."""
+    return load().learned_step_fake_quant_backward(v, grad_out, step, offset, qmin, qmax, grad_scale)
+
+
 IN_PLACE_ACTIVATIONS = {"identity": 0, "relu": 1, "relu6": 2}  # learned_step_fake_quant_'s act codes
 
 

@@ -7,7 +7,9 @@
 // exactly as qbench.quant.lsq.fake_quantize / fake_quantize_grads compute them.
 //
 // learned_step_fake_quant_ is the forward alone, written over its input after an optional ReLU or ReLU6: the
-// evaluation of a batch norm's output that only the quantizer reads (qbench.quant.fused).
+// evaluation of a batch norm's output that only the quantizer reads (qbench.quant.fused);
+// learned_step_fake_quant_backward is the backward alone, for a caller that keeps v and not the op's graph
+// (qbench.quant.layers.RecomputedWeightConv).
 //
 // One call per direction instead of Python, dispatcher and torch.compile guard overhead per tensor.
 // The forward is bit for bit the eager formula (IEEE division, multiplication, round half to even; no
@@ -144,13 +146,11 @@ struct LearnedStepFakeQuant : public torch::autograd::Function<LearnedStepFakeQu
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &v = saved[0], &step = saved[1], &beta = saved[2];
-    const Grid g = grid_of(step, beta, ctx->saved_data["qmin"].toInt(), ctx->saved_data["qmax"].toInt());
-    const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
-    auto [grad_v, sum_step, sum_offset] = fake_quantize_grads(v, grads[0], g, beta.defined());
-    const at::Tensor grad_step = at::full_like(step, sum_step * grad_scale);
-    const at::Tensor grad_offset =
-        beta.defined() && ctx->needs_input_grad(2) ? at::full_like(beta, sum_offset * grad_scale) : at::Tensor();
-    return {grad_v, grad_step, grad_offset, at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [grad_v, grad_step, grad_offset] =
+        gradients(v, grads[0], step, beta, ctx->saved_data["qmin"].toInt(), ctx->saved_data["qmax"].toInt(),
+                  ctx->saved_data["grad_scale"].toDouble());
+    const bool offset_grad = beta.defined() && ctx->needs_input_grad(2);  // no input 2 without an offset
+    return {grad_v, grad_step, offset_grad ? grad_offset : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -168,6 +168,23 @@ void fake_quantize_in_place(float* v, int64_t numel, Grid g, int64_t act) {
 }
 
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gradients(const at::Tensor& v, const at::Tensor& grad_out,
+                                                         const at::Tensor& step, const at::Tensor& beta, int64_t qmin,
+                                                         int64_t qmax, double grad_scale) {
+  const Grid g = grid_of(step, beta, qmin, qmax);
+  auto [grad_v, sum_step, sum_offset] = fake_quantize_grads(v, grad_out, g, beta.defined());
+  return {grad_v, at::full_like(step, sum_step * grad_scale),
+          beta.defined() ? at::full_like(beta, sum_offset * grad_scale) : at::Tensor()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> learned_step_fake_quant_backward(
+    const at::Tensor& v, const at::Tensor& grad_out, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
+    int64_t qmin, int64_t qmax, double grad_scale) {
+  TORCH_CHECK(v.device().is_cpu() && v.scalar_type() == at::kFloat,
+              "learned_step_fake_quant_backward takes a float32 CPU tensor");
+  return gradients(dense(v), grad_out, step, offset.has_value() ? *offset : at::Tensor(), qmin, qmax, grad_scale);
+}
 
 at::Tensor learned_step_fake_quant_(at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
                                     int64_t qmin, int64_t qmax, int64_t act) {

@@ -69,6 +69,16 @@ at::Tensor learned_step_fake_quant(const at::Tensor& v, const at::Tensor& step, 
 at::Tensor learned_step_fake_quant_(at::Tensor& v, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
                                     int64_t qmin, int64_t qmax, int64_t act);
 
+// (∂L/∂v, ∂L/∂s, ∂L/∂β) of the LSQ / LSQ+ quantizer at v (dense) for ∂L/∂v̂ = grad_out, the step and offset
+// gradients times grad_scale; β undefined: no offset, and no offset gradient.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gradients(const at::Tensor& v, const at::Tensor& grad_out,
+                                                         const at::Tensor& step, const at::Tensor& beta, int64_t qmin,
+                                                         int64_t qmax, double grad_scale);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> learned_step_fake_quant_backward(
+    const at::Tensor& v, const at::Tensor& grad_out, const at::Tensor& step, const c10::optional<at::Tensor>& offset,
+    int64_t qmin, int64_t qmax, double grad_scale);
+
 at::Tensor rcf_quantize(const at::Tensor& v, const at::Tensor& alpha, const at::Tensor& levels,
                         const at::Tensor& bounds, double lo, double grad_outside, bool weight_norm);
 
