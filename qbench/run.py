@@ -25,6 +25,7 @@ from qbench.quant.calibrate import quantizer_values
 from qbench.quant.convert import LayerPrecision
 from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
+from qbench.quant.layers import recompute_weights
 from qbench.quant.native import use_native_kernels
 from qbench.report.records import write_record
 from qbench.sweep import (Cell, cell_state, dry_run_line, predecessor_checkpoint, prepare_cell, previous_record,
@@ -80,7 +81,7 @@ def say(message: str) -> None:
 
 def settings_of(cfg: dict) -> TrainSettings:
     """Apply ``runtime.*`` and the recipe's ``cpu_threads`` to this process (quantizer kernels,
-    the native LSQ op, the allocator, torch threads); the trainer's settings."""
+    the native LSQ op and its weight recomputation, the allocator, torch threads); the trainer's settings."""
     rt = cfg["runtime"]
     keep_freed_memory(rt.get("keep_freed_memory", False))  # absent from configs stored before the field: off
     compile_kernels(rt["compile_quantizers"])
@@ -88,6 +89,7 @@ def settings_of(cfg: dict) -> TrainSettings:
     if native_kernels:
         require_native_op()
     use_native_kernels(native_kernels)
+    recompute_weights(rt.get("recompute_weights", False))  # absent from configs stored before the field: off
     if cfg["recipe"].get("cpu_threads"):
         torch.set_num_threads(cfg["recipe"]["cpu_threads"])
     return TrainSettings(resolve_device(rt["device"]), rt["channels_last"], rt["progress"], rt["log_every"])

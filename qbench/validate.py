@@ -210,8 +210,8 @@ def validate(cfg: dict) -> None:
     runtime = cfg["runtime"]
     if runtime["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"runtime.device={runtime['device']!r} is not allowed; use auto, cpu or cuda")
-    for flag in ("channels_last", "compile_quantizers", "native_kernels", "fuse_batch_norm", "keep_freed_memory",
-                 "progress"):
+    for flag in ("channels_last", "compile_quantizers", "native_kernels", "recompute_weights", "fuse_batch_norm",
+                 "keep_freed_memory", "progress"):
         _check_bool(f"runtime.{flag}", runtime[flag])
     if runtime["native_kernels"]:
         require_native_op()

@@ -9,6 +9,8 @@
     python scripts/bench_step.py --native --methods lsq lsqplus --out results/bench-native.md  # + runtime.native_kernels rows
     python scripts/bench_step.py --native --models resnet18 --methods lsq apot --out results/bench-native-apot.md
     python scripts/bench_step.py --glibc-malloc                   # glibc malloc as it comes
+    python scripts/bench_step.py --native --recompute-weights --models resnet18 --methods lsq lsqplus \
+        --out results/bench-recompute.md                          # + runtime.recompute_weights in the native rows
 
 Time: per model, one process builds the FP model and one quantized copy per method; every model
 sees the same batch (batch 128, 1×28×28, channels_last by default); after warm-up, the FP and
@@ -53,7 +55,7 @@ from qbench.provenance import cpu_name
 from qbench.quant.convert import EdgeLayerPolicy, plan_precision
 from qbench.quant.fused import fuse_activation_quantizers
 from qbench.quant.kernels import compile_kernels
-from qbench.quant.layers import QUANT_LAYERS
+from qbench.quant.layers import QUANT_LAYERS, recompute_weights
 from qbench.quant.native import use_native_kernels
 
 BREVITAS = "brevitas"
@@ -112,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--native", action="store_true",
                         help="beside each method, a row METHOD+native: LSQ / LSQ+ and APoT quantizers as C++ ops "
                              "(runtime.native_kernels), timed in the same process")
+    parser.add_argument("--recompute-weights", action="store_true",
+                        help="the native rows' LSQ / LSQ+ conv weights quantized again in the backward instead of kept "
+                             "(runtime.recompute_weights)")
     parser.add_argument("--compile-model", action="store_true",
                         help="torch.compile every whole network, FP and QAT alike (quantizer kernels traced with it)")
     parser.add_argument("--memory-only", metavar="METHOD",
@@ -312,6 +317,7 @@ def child_peak_mib(model_name: str, method: str, args: argparse.Namespace) -> tu
            "--chans", str(args.chans), "--memory-steps", str(args.memory_steps)]
     cmd += ["--no-channels-last"] * args.no_channels_last + ["--eager"] * args.eager
     cmd += ["--compile-model"] * args.compile_model + ["--glibc-malloc"] * args.glibc_malloc
+    cmd += ["--recompute-weights"] * args.recompute_weights
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rss, heap = out.split()[-2:]
     return float(rss), float(heap)
@@ -352,8 +358,9 @@ def kernels_note(args: argparse.Namespace) -> str:
     """How the networks ran: eager with eager or compiled quantizer kernels, or compiled whole."""
     if args.compile_model:
         return "every whole network compiled by torch.compile (FP and QAT alike, quantizer kernels traced with it)"
-    native = (f"; rows METHOD{NATIVE}: LSQ / LSQ+ and APoT quantizers as one C++ op each (runtime.native_kernels)"
-              if args.native else "")
+    recompute = ", LSQ / LSQ+ conv weights recomputed in the backward: runtime.recompute_weights"
+    native = (f"; rows METHOD{NATIVE}: LSQ / LSQ+ and APoT quantizers as one C++ op each (runtime.native_kernels"
+              f"{recompute * args.recompute_weights})" if args.native else "")
     fused = (f"; rows METHOD{FUSED}: batch norm, activation and LSQ/LSQ+ input quantizer fused "
              "(runtime.fuse_batch_norm)") if args.fuse_batch_norm else ""
     split = ("; rows METHOD:weights / METHOD:inputs: only the weights / only the layer inputs quantized"
@@ -393,6 +400,7 @@ def main() -> None:
     args = parse_args()
     compile_kernels(not args.eager and not args.compile_model)
     keep_freed_memory(not args.glibc_malloc)
+    recompute_weights(args.recompute_weights)
     if args.memory_only:
         memory_only(args)
         return

@@ -22,6 +22,7 @@ def native_on():
     native.use_native_kernels(True)
     yield
     native.use_native_kernels(False)
+    layers.recompute_weights(False)
 
 
 def layouts(shape: tuple[int, ...], scale: float) -> list[torch.Tensor]:
@@ -194,7 +195,9 @@ def test_other_dtypes_go_the_python_way_and_the_switch_turns_it_off():
     assert not native.applies(v)
 
 
-def test_a_network_step_gives_the_python_paths_loss_and_gradients(quantized_network):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_network_step_gives_the_python_paths_loss_and_gradients(quantized_network, recompute):
+    layers.recompute_weights(recompute)
     model, x = quantized_network("mobilenet_v2", "lsqplus", 3)
     y = torch.randint(0, 10, (8,))
     state = copy.deepcopy(model.state_dict())
@@ -274,13 +277,12 @@ def quant_conv(groups: int, bias: bool, offset: str, stride: int) -> QuantConv2d
 @pytest.mark.parametrize("offset", ["zero", "learned"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_conv_recomputing_its_weight_gives_the_plain_paths_values_and_gradients_bit_for_bit(
-        groups, bias, offset, stride, monkeypatch):
+        groups, bias, offset, stride):
     x = torch.rand(4, 12, 9, 9).contiguous(memory_format=torch.channels_last)
     grad_out = None
     results = []
     for recompute in (True, False):
-        if not recompute:
-            monkeypatch.setattr(layers, "recomputes_weight", lambda conv, quantizer: False)
+        layers.recompute_weights(recompute)
         layer = quant_conv(groups, bias, offset, stride)
         inp = x.clone().requires_grad_(True)
         out = layer(inp)
@@ -293,6 +295,7 @@ def test_a_conv_recomputing_its_weight_gives_the_plain_paths_values_and_gradient
 
 
 def test_a_conv_recomputing_its_weight_keeps_the_float_weight_not_the_quantized_one():
+    layers.recompute_weights(True)
     layer = quant_conv(1, True, "learned", 1)
     x = torch.rand(4, 12, 9, 9).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     saved = []

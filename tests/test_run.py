@@ -129,6 +129,7 @@ def qbench(*args, tmp_path):
     (["runtime.log_every=0"], "runtime.log_every=0 is not allowed; use an integer ≥ 1"),
     (["runtime.native_kernels=yes"], "runtime.native_kernels='yes' is not allowed; use true or false"),
     (["runtime.fuse_batch_norm=on"], "runtime.fuse_batch_norm='on' is not allowed; use true or false"),
+    (["runtime.recompute_weights=1"], "runtime.recompute_weights=1 is not allowed; use true or false"),
     (["runtime.fuse_batch_norm=true", "+recipe.qat.sync_batchnorm=true"],
      "runtime.fuse_batch_norm=true is not allowed with recipe.qat.sync_batchnorm=true"),
     (["retries=-1"], "retries=-1 is not allowed; use an integer ≥ 0"),
