@@ -92,7 +92,8 @@ def learned_step_fake_quant_backward(v: torch.Tensor, grad_out: torch.Tensor, st
                                      offset: torch.Tensor | None, qmin: int, qmax: int,
                                      grad_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(∂L/∂v, ∂L/∂s, ∂L/∂β) of :func:`learned_step_fake_quant` at ``v`` for ∂L/∂v̂ = ``grad_out``:
-    what its backward returns, for a caller that keeps v instead of v̂ (:class:`qbench.quant.layers.RecomputedWeightConv`)."""
+    what its backward returns, for a caller that keeps v instead of v̂
+    (:class:`qbench.quant.layers.RecomputedWeightConv`)."""
     return load().learned_step_fake_quant_backward(v, grad_out, step, offset, qmin, qmax, grad_scale)
 
 
