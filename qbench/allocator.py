@@ -14,6 +14,7 @@ change: tensors keep their 64-byte alignment and no kernel depends on where its 
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from collections.abc import Callable
 
@@ -55,17 +56,24 @@ class _Mallinfo2(ctypes.Structure):
                  "keepcost")]
 
 
+@functools.cache
+def _mallinfo2() -> Callable[[], _Mallinfo2] | None:
+    """glibc's ``mallinfo2`` (2.33 and later), or None."""
+    if _mallopt() is None:
+        return None
+    mallinfo2 = getattr(ctypes.CDLL("libc.so.6"), "mallinfo2", None)
+    if mallinfo2 is not None:
+        mallinfo2.restype = _Mallinfo2
+    return mallinfo2
+
+
 def heap_in_use() -> int | None:
     """Bytes that glibc's malloc has handed out and not had back (``mallinfo2``: chunks in use in its
     arenas plus blocks it mapped on their own), or None without glibc >= 2.33. Unlike the resident
     set, this does not count memory kept for reuse (:func:`keep_freed_memory`), code, or pages the
     allocator has not returned to the system."""
-    if _mallopt() is None:
-        return None
-    libc = ctypes.CDLL("libc.so.6")
-    mallinfo2 = getattr(libc, "mallinfo2", None)
+    mallinfo2 = _mallinfo2()
     if mallinfo2 is None:
         return None
-    mallinfo2.restype = _Mallinfo2
     info = mallinfo2()
     return info.uordblks + info.hblkhd

@@ -174,15 +174,12 @@ class FusedBatchNormAct2d(nn.BatchNorm2d):
     def _fusable(self, x: torch.Tensor, quantizer: nn.Module) -> bool:
         return (torch.is_grad_enabled() and x.requires_grad and x.dim() == 4 and x.dtype == torch.float32
                 and not torch.compiler.is_compiling()
-                and isinstance(quantizer, LearnedStepQuantizer) and quantizer.offset_mode != "xmin"
-                and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
+                and isinstance(quantizer, LearnedStepQuantizer) and quantizer.has_fixed_grid())
 
     def _in_place(self, y: torch.Tensor, quantizer: nn.Module) -> bool:
         return (not (torch.is_grad_enabled() and y.requires_grad) and native.applies(y)
                 and (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last))
-                and isinstance(quantizer, LearnedStepQuantizer)
-                and not (quantizer.offset_mode == "xmin" and quantizer.training)
-                and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
+                and isinstance(quantizer, LearnedStepQuantizer) and quantizer.has_fixed_grid())
 
     def _evaluate(self, x: torch.Tensor, quantizer: nn.Module) -> torch.Tensor:
         """Batch norm, ``act`` and the quantizer as the unfused modules compute them; with the native

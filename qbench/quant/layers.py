@@ -171,8 +171,7 @@ def recomputes_weight(conv: nn.Conv2d, quantizer: nn.Module) -> bool:
     return (_recompute_weights and torch.is_grad_enabled() and conv.weight.requires_grad
             and native.applies(conv.weight)
             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and isinstance(quantizer, LearnedStepQuantizer) and quantizer.offset_mode != "xmin"
-            and quantizer.enabled and quantizer.initialized and quantizer.observer is None)
+            and isinstance(quantizer, LearnedStepQuantizer) and quantizer.has_fixed_grid())
 
 
 def conv_recomputing_weight(conv: nn.Conv2d, x: torch.Tensor, quantizer: LearnedStepQuantizer) -> torch.Tensor:

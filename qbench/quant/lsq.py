@@ -317,6 +317,11 @@ class LearnedStepQuantizer(Quantizer):
         numel = v.numel() // v.shape[0] if self.per_example_numel and v.dim() > 1 else v.numel() * self.ranks
         return 1.0 / math.sqrt(numel * self.qrange[1])
 
+    def has_fixed_grid(self) -> bool:
+        """Whether a call quantizes with the parameters alone: enabled, initialised, not observing,
+        and β not taken from the data (``xmin``); the fused and native fast paths need this."""
+        return self.enabled and self.initialized and self.observer is None and self.offset_mode != "xmin"
+
     def floored_step(self) -> torch.Tensor:
         """max(s, 1e-8) as the forward uses it, with the gradient passed straight to s."""
         return self.step + (self.step.clamp_min(STEP_MIN) - self.step).detach()
